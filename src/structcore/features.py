@@ -1,0 +1,118 @@
+"""Image preprocessing and StructCore's patch features.
+
+Multi-block DINOv2 patch tokens -> per-block L2 normalisation -> concatenation -> a fixed
+seeded random projection (paper eq. 1-2). The projection matrix is drawn once from the seed
+and then stored with every fitted model, so a model never depends on the RNG implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .backbone import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SKIP5 = (-1, -3, -6, -9, -12)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize to ``resize`` x ``resize`` (bilinear, antialiased), center-crop ``crop`` x ``crop``, normalise."""
+
+    resize: int = 448
+    crop: int = 392
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        if self.crop % 14:
+            raise ValueError(f"crop ({self.crop}) must be a multiple of the ViT patch size 14")
+
+    @property
+    def offset(self) -> int:
+        """Top/left offset of the center crop (rounded as torchvision's CenterCrop does)."""
+        return int(round((self.resize - self.crop) / 2.0))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB").resize((self.resize, self.resize), Image.BILINEAR)
+        o = self.offset
+        image = image.crop((o, o, o + self.crop, o + self.crop))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+def random_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
+    """Gaussian Johnson-Lindenstrauss matrix ``[in_dim, out_dim]`` with entries N(0, 1/out_dim)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(in_dim, out_dim, generator=generator) / out_dim**0.5
+
+
+def fuse_layers(layers: list[torch.Tensor], projection: torch.Tensor | None) -> torch.Tensor:
+    """L2-normalise each block's tokens, concatenate along channels, project. Computed in fp32."""
+    fused = torch.cat([F.normalize(t.float(), dim=-1) for t in layers], dim=-1)
+    return fused if projection is None else fused @ projection
+
+
+class FeatureExtractor:
+    """Turns a batch of preprocessed images into projected patch features ``[B, rows*cols, D]``."""
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        blocks: tuple[int, ...] = SKIP5,
+        projection: torch.Tensor | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "cpu",
+    ):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        backbone.resolve_blocks(list(blocks))
+        self.backbone = backbone.to(device).eval()
+        self.blocks = tuple(blocks)
+        self.device = torch.device(device)
+        self.projection = None if projection is None else projection.to(self.device, torch.float32)
+        self.precision = precision
+
+    @property
+    def in_dim(self) -> int:
+        return self.backbone.cfg.embed_dim * len(self.blocks)
+
+    def layer_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Raw patch tokens of each selected block (in the backbone's compute dtype)."""
+        images = images.to(self.device)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            return self.backbone.patch_tokens(images, list(self.blocks))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return fuse_layers(self.layer_tokens(images), self.projection)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> bf16 on a GPU that supports it or a CPU with AMX bf16 units, else fp32."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_amx_bf16() else "fp32"
+
+
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
