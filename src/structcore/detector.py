@@ -1,0 +1,374 @@
+"""The public detector: fit on good images per category, then score, route and decide.
+
+``Detector.fit`` adds categories one at a time (adding one never refits another);
+``Detector.predict`` returns one :class:`Prediction` per image; ``save``/``load`` use a model folder
+of a ``manifest.json`` plus safetensors files (see :mod:`structcore.model_io`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .coreset import coreset_size, greedy_coreset
+from .data import iter_batches
+from .features import SKIP5, FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
+from .knn import MemoryBank
+from .maps import anomaly_maps, pool
+from .model_io import read_model, write_model
+from .router import route, routing_prototypes
+from .structure import COMPONENTS, StructCalibration
+from .weights import WeightsInfo, load_backbone
+
+CALIBRATIONS = ("in-sample", "leave-one-out", "held-out")
+SCORES = ("base", "struct", "hybrid")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that defines a fitted model. Defaults follow the paper (spec.md) except the backbone."""
+
+    backbone: str = "dinov2_vits14"
+    resize: int = 448
+    crop: int = 392
+    blocks: tuple[int, ...] = SKIP5
+    projection_dim: int | None = 512
+    seed: int = 42
+    coreset_ratio: float | None = 0.01
+    coreset_size: int | None = None
+    k: int = 5
+    sigma: float = 4.0
+    pooling: str = "max"
+    components: tuple[str, ...] = COMPONENTS
+    top_ratio: float = 0.01
+    distance: str = "mahalanobis"
+    lam: float | None = None
+    calibration: str = "in-sample"
+    heldout_fraction: float = 0.2
+    quantile: float = 0.995
+    descriptor_on: str = "map"
+    routing_prototypes: int = 64
+    decision_score: str = "hybrid"
+
+    def __post_init__(self):
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.descriptor_on not in ("map", "grid"):
+            raise ValueError(f"descriptor_on must be 'map' or 'grid', got {self.descriptor_on!r}")
+        if self.decision_score not in SCORES:
+            raise ValueError(f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
+        if not 0 < self.quantile <= 1:
+            raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"held-out fraction must be in (0, 1), got {self.heldout_fraction}")
+        coreset_size(10**6, self.coreset_ratio, self.coreset_size)  # validates the pair
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "components", tuple(self.components))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(resize=self.resize, crop=self.crop)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.crop // 14, self.crop // 14
+
+
+@dataclass
+class CategoryModel:
+    """What a category keeps after fitting: bank (+ each entry's source image), prototypes, calibration."""
+
+    name: str
+    bank: torch.Tensor
+    bank_source: torch.Tensor
+    prototypes: torch.Tensor
+    calibration: StructCalibration
+    train_images: list[str]
+
+
+@dataclass
+class Prediction:
+    """One scored image: its category, the three scores, the decision, and the anomaly map."""
+
+    path: str | None
+    category: str
+    scores: dict[str, float]
+    thresholds: dict[str, float]
+    decision_score: str
+    anomaly_map: np.ndarray = field(repr=False)
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.scores[self.decision_score] > self.thresholds[self.decision_score]
+
+
+@dataclass
+class ScoredMaps:
+    """Maps and image scores of a batch of images for one category."""
+
+    maps: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class Detector:
+    """StructCore anomaly detector. ``__init__`` only stores settings; the backbone loads on first use."""
+
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        weights: str | Path | None = None,
+        precision: str = "auto",
+        device: str = "auto",
+        batch_size: int = 8,
+        knn_backend: str = "auto",
+        num_workers: int = 2,
+        progress: bool = True,
+    ):
+        self.config = config or DetectorConfig()
+        self.weights = weights
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size
+        self.knn_backend = knn_backend
+        self.num_workers = num_workers
+        self.progress = progress
+        self.categories_: dict[str, CategoryModel] = {}
+        self.projection_: torch.Tensor | None = None
+        self.weights_info_: WeightsInfo | None = None
+        self._extractor: FeatureExtractor | None = None
+        self._banks: dict[str, MemoryBank] = {}
+
+    # -- features -------------------------------------------------------------------------------
+    def _get_extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            backbone, info = load_backbone(self.config.backbone, self.weights)
+            if self.weights_info_ is not None and info.sha256 != self.weights_info_.sha256:
+                raise RuntimeError(
+                    f"this model was fitted with {self.config.backbone} weights sha256 {self.weights_info_.sha256}, "
+                    f"but the weights found now ({info.path}) have sha256 {info.sha256}; pass the original file "
+                    "with --weights"
+                )
+            self.weights_info_ = info
+            self._ensure_projection(backbone.cfg.embed_dim * len(self.config.blocks))
+            self._extractor = FeatureExtractor(
+                backbone, self.config.blocks, self.projection_, self.precision, self.device
+            )
+        return self._extractor
+
+    def _ensure_projection(self, in_dim: int):
+        if self.projection_ is None and self.config.projection_dim is not None:
+            self.projection_ = random_projection(in_dim, self.config.projection_dim, self.config.seed)
+        if self.projection_ is not None and self.projection_.shape[0] != in_dim:
+            raise ValueError(f"the model's projection expects {self.projection_.shape[0]} input channels, got {in_dim}")
+
+    def fuse(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Projected features ``[N, P, D]`` from raw block tokens (one ``[N, P, C]`` per config block).
+
+        For callers that cache backbone outputs (the benchmark): same result as :meth:`extract`.
+        """
+        self._ensure_projection(sum(t.shape[-1] for t in layers))
+        return fuse_layers(layers, self.projection_)
+
+    def extract(self, paths: list[Path], desc: str = "features") -> torch.Tensor:
+        """Projected patch features ``[N, P, D]`` of image files (decoded in background threads)."""
+        extractor = self._get_extractor()
+        out: torch.Tensor | None = None
+        batches = iter_batches(paths, self.config.preprocess, self.batch_size, self.num_workers)
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress) as bar:
+            for indices, images in batches:
+                feats = extractor(images).cpu()
+                if out is None:
+                    out = torch.empty((len(paths), *feats.shape[1:]), dtype=torch.float32)
+                out[indices[0] : indices[-1] + 1] = feats
+                bar.update(len(indices))
+        if out is None:
+            raise ValueError("no images to extract features from")
+        return out
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(self, category: str, train_paths: list[Path]) -> CategoryModel:
+        """Fit (or refit) one category from its good training images; other categories are untouched."""
+        if not train_paths:
+            raise ValueError(f"category {category!r} has no training images")
+        features = self.extract(train_paths, desc=f"{category}: train features")
+        return self.fit_features(category, features, [str(p) for p in train_paths])
+
+    def fit_features(self, category: str, features: torch.Tensor, train_images: list[str]) -> CategoryModel:
+        """Fit a category from already extracted train-good features ``[N, P, D]``."""
+        cfg = self.config
+        n = features.shape[0]
+        need = {"in-sample": 2, "leave-one-out": 2, "held-out": 3}[cfg.calibration]
+        if n < need:
+            raise ValueError(
+                f"category {category!r} has {n} training image(s); {cfg.calibration} calibration of StructCore "
+                f"needs at least {need} (a few dozen give stable thresholds)"
+            )
+        bank_ids, calib_ids = self._split(n)
+        flat = features[bank_ids].reshape(-1, features.shape[-1])
+        source = torch.as_tensor(bank_ids).repeat_interleave(features.shape[1])
+        chosen = greedy_coreset(
+            flat, coreset_size(len(flat), cfg.coreset_ratio, cfg.coreset_size), cfg.seed, progress=self.progress
+        )
+        bank = MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
+        exclude = calib_ids if cfg.calibration == "leave-one-out" else None
+        grids = self._patch_grids(bank, features[calib_ids], exclude)
+        maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
+        base = pool(maps, cfg.pooling)
+        calibration = StructCalibration.fit(
+            self._descriptor_input(maps, grids), base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam, cfg.quantile
+        )
+        model = CategoryModel(
+            name=category,
+            bank=bank.entries,
+            bank_source=bank.source_image,
+            prototypes=routing_prototypes(features.reshape(-1, features.shape[-1]), cfg.routing_prototypes, cfg.seed),
+            calibration=calibration,
+            train_images=train_images,
+        )
+        self.categories_[category] = model
+        self._banks[category] = bank
+        return model
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images that build the bank and images that calibrate StructCore."""
+        everything = np.arange(n)
+        if self.config.calibration != "held-out":
+            return everything, everything
+        order = np.random.default_rng(self.config.seed).permutation(n)
+        n_calib = min(n - 1, max(2, round(n * self.config.heldout_fraction)))
+        return np.sort(order[n_calib:]), np.sort(order[:n_calib])
+
+    def _patch_grids(
+        self, bank: MemoryBank, features: torch.Tensor, exclude_images: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """kNN patch-score grids ``[B, rows, cols]``; ``exclude_images[i]`` is image i's own bank id."""
+        rows, cols = self.config.grid
+        if exclude_images is None:
+            scores = bank.patch_scores(features.reshape(-1, features.shape[-1]), self.config.k)
+            return scores.reshape(len(features), rows, cols)
+        grids = [bank.patch_scores(f, self.config.k, exclude_image=int(i)) for f, i in zip(features, exclude_images)]
+        return torch.stack(grids).reshape(len(features), rows, cols)
+
+    def _descriptor_input(self, maps: np.ndarray, grids: torch.Tensor) -> np.ndarray:
+        return maps if self.config.descriptor_on == "map" else grids.numpy()
+
+    # -- scoring --------------------------------------------------------------------------------
+    def _require_fitted(self, category: str | None = None):
+        if not self.categories_:
+            raise NotFittedError("This Detector has no fitted category yet. Call fit(category, images) first.")
+        if category is not None and category not in self.categories_:
+            known = ", ".join(sorted(self.categories_))
+            raise KeyError(f"unknown category {category!r}; this model has: {known}")
+
+    def _bank(self, category: str) -> MemoryBank:
+        if category not in self._banks:
+            m = self.categories_[category]
+            self._banks[category] = MemoryBank(m.bank, m.bank_source, self.knn_backend, self.device)
+        return self._banks[category]
+
+    def score_features(self, category: str, features: torch.Tensor) -> ScoredMaps:
+        """Maps and base/struct/hybrid scores of features ``[B, P, D]`` against ``category``."""
+        self._require_fitted(category)
+        cfg = self.config
+        grids = self._patch_grids(self._bank(category), features)
+        maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
+        scores = self.categories_[category].calibration.scores(self._descriptor_input(maps, grids), pool(maps, cfg.pooling))
+        return ScoredMaps(maps=maps, scores=scores)
+
+    def route(self, features: torch.Tensor) -> list[str]:
+        """Routed category of each image's features ``[B, P, D]`` (paper eq. 3-4)."""
+        self._require_fitted()
+        return route(features, {name: m.prototypes for name, m in self.categories_.items()})
+
+    def predict(self, paths: list[Path], category: str | None = None) -> list[Prediction]:
+        """Score image files; with ``category=None`` each image is routed to a category first."""
+        self._require_fitted(category)
+        predictions: list[Prediction] = []
+        for start in range(0, len(paths), self.batch_size * 8):
+            chunk = paths[start : start + self.batch_size * 8]
+            features = self.extract(chunk, desc="predict")
+            categories = [category] * len(chunk) if category else self.route(features)
+            slots: list[Prediction | None] = [None] * len(chunk)
+            for name in dict.fromkeys(categories):
+                rows = [i for i, c in enumerate(categories) if c == name]
+                scored = self.score_features(name, features[rows])
+                thresholds = self.categories_[name].calibration.thresholds
+                for j, i in enumerate(rows):
+                    slots[i] = Prediction(
+                        path=str(chunk[i]),
+                        category=name,
+                        scores={s: float(scored.scores[s][j]) for s in SCORES},
+                        thresholds=dict(thresholds),
+                        decision_score=self.config.decision_score,
+                        anomaly_map=scored.maps[j],
+                    )
+            predictions.extend(slots)
+        return predictions
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the model folder atomically: manifest.json, projection and one file per category."""
+        self._require_fitted()
+        self._get_extractor()
+        categories, files = {}, {}
+        if self.projection_ is not None:
+            files["projection.safetensors"] = {"projection": self.projection_}
+        for i, (name, m) in enumerate(sorted(self.categories_.items())):
+            file = f"category_{i:03d}.safetensors"
+            c = m.calibration
+            files[file] = {
+                "bank": m.bank,
+                "bank_source": m.bank_source,
+                "prototypes": m.prototypes,
+                "mu": torch.from_numpy(c.mu),
+                "sigma": torch.from_numpy(c.sigma),
+            }
+            categories[name] = {
+                "file": file,
+                "bank_size": len(m.bank),
+                "lambda": c.lam,
+                "thresholds": c.thresholds,
+                "train_images": m.train_images,
+            }
+        manifest = {
+            "config": asdict(self.config),
+            "precision": self.precision,
+            "weights": {"name": self.config.backbone, "sha256": self.weights_info_.sha256, "source": self.weights_info_.source},
+            "categories": categories,
+        }
+        return write_model(Path(folder), manifest, files)
+
+    @classmethod
+    def load(cls, folder: str | Path, **settings) -> Detector:
+        """Read a model folder; ``settings`` are runtime options (weights, precision, device, ...)."""
+        manifest, files = read_model(Path(folder))
+        config = DetectorConfig(**manifest["config"])
+        settings.setdefault("precision", manifest["precision"])
+        detector = cls(config, **settings)
+        detector.projection_ = files.get("projection.safetensors", {}).get("projection")
+        detector.weights_info_ = WeightsInfo(
+            name=manifest["weights"]["name"], path=None, sha256=manifest["weights"]["sha256"], source=manifest["weights"]["source"]
+        )
+        for name, entry in manifest["categories"].items():
+            t = files[entry["file"]]
+            calibration = StructCalibration(
+                components=config.components,
+                top_ratio=config.top_ratio,
+                distance=config.distance,
+                mu=t["mu"].numpy(),
+                sigma=t["sigma"].numpy(),
+                lam=float(entry["lambda"]),
+                thresholds={k: float(v) for k, v in entry["thresholds"].items()},
+            )
+            detector.categories_[name] = CategoryModel(
+                name, t["bank"], t["bank_source"], t["prototypes"], calibration, list(entry["train_images"])
+            )
+        return detector
