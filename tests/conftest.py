@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from structcore.backbone import VisionTransformer, ViTConfig
 
@@ -25,3 +27,47 @@ def mvtec_root() -> Path:
     if not (MVTEC / "bottle").is_dir():
         pytest.skip(f"real data not found at {MVTEC}")
     return MVTEC
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random texture: good 'parts' all look alike."""
+    base = np.linspace(60, 180, size)[None, :, None] + np.zeros((size, size, 3))
+    return np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_mvtec(tmp_path_factory) -> Path:
+    """A tiny MVTec-layout dataset: category 'widget' with masks, 'gadget' without ground_truth."""
+    root = tmp_path_factory.mktemp("mvtec")
+    rng = np.random.default_rng(0)
+    for cat, with_masks in (("widget", True), ("gadget", False)):
+        good = root / cat / "train" / "good"
+        good.mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(_texture(rng, 64)).save(good / f"{i:03d}.png")
+        (root / cat / "test" / "good").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_texture(rng, 64)).save(root / cat / "test" / "good" / f"{i:03d}.png")
+        (root / cat / "test" / "scratch").mkdir(parents=True)
+        if with_masks:
+            (root / cat / "ground_truth" / "scratch").mkdir(parents=True)
+        for i in range(3):
+            img = _texture(rng, 64)
+            mask = np.zeros((64, 64), np.uint8)
+            mask[20 + 4 * i : 36 + 4 * i, 16:40] = 255
+            img[mask > 0] = (255, 0, 255) if cat == "widget" else (0, 0, 0)
+            Image.fromarray(img).save(root / cat / "test" / "scratch" / f"{i:03d}.png")
+            if with_masks:
+                Image.fromarray(mask).save(root / cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def tiny_backbone(monkeypatch, tiny_vit):
+    """Make every Detector use the tiny random ViT instead of loading real weights."""
+    from structcore import detector
+    from structcore.weights import WeightsInfo
+
+    info = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
+    monkeypatch.setattr(detector, "load_backbone", lambda name, weights=None, **kw: (tiny_vit, info))
+    return tiny_vit

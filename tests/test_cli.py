@@ -1,0 +1,48 @@
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from structcore.cli import main
+
+TINY = ["--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--coreset-ratio", "0.25",
+        "--precision", "fp32", "--quiet"]
+
+
+def test_fit_then_predict_writes_everything(synthetic_mvtec, tiny_backbone, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["fit", "--data", str(synthetic_mvtec), "--categories", "widget", "gadget", "--out", str(model), *TINY]) == 0
+    assert (model / "manifest.json").is_file()
+    out = tmp_path / "pred"
+    test = synthetic_mvtec / "widget" / "test"
+    assert main(["predict", "--model", str(model), str(test / "good"), str(test / "scratch"), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 6 and json.loads((out / "predictions.json").read_text())[0].keys() == rows[0].keys()
+    for r in rows:
+        assert r["decision"] in ("accept", "reject")
+        assert np.load(out / r["map"]).shape == (56, 56)
+        assert Image.open(out / r["overlay"]).size == (56, 56)
+        assert float(r["hybrid_score"]) >= float(r["base_score"])
+    # same stems in two folders must not overwrite each other's outputs
+    assert len({r["map"] for r in rows}) == 6
+
+
+def test_refuses_to_overwrite_and_reports_bad_input(synthetic_mvtec, tiny_backbone, tmp_path, capsys):
+    model = tmp_path / "model"
+    args = ["fit", "--data", str(synthetic_mvtec), "--categories", "widget", "--out", str(model), *TINY]
+    assert main(args) == 0
+    before = (model / "manifest.json").read_bytes()
+    assert main(args) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["predict", "--model", str(model), str(bad), "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    assert main(["fit", "--data", str(synthetic_mvtec), "--categories", "nothing", "--out", str(model), "--add", *TINY]) == 2
+    assert "nothing" in capsys.readouterr().err
+    assert (model / "manifest.json").read_bytes() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fit", "--good", str(empty), "--out", str(tmp_path / "m2"), *TINY]) == 2
+    assert "empty" in capsys.readouterr().err and not (tmp_path / "m2").exists()

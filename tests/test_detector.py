@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from structcore.detector import Detector, DetectorConfig, NotFittedError
+from structcore.maps import anomaly_maps, pool
+from structcore.model_io import ModelFileError
+
+TINY = dict(resize=64, crop=56, blocks=(-1, -2, -4), projection_dim=32, coreset_ratio=0.25)
+
+
+def _paths(root, cat, split, sub="good"):
+    return sorted((root / cat / split / sub).glob("*.png"))
+
+
+def _detector(**overrides):
+    return Detector(DetectorConfig(**{**TINY, **overrides}), precision="fp32", progress=False, batch_size=4)
+
+
+def test_fit_predict_end_to_end(synthetic_mvtec, tiny_backbone):
+    det = _detector()
+    det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    good = _paths(synthetic_mvtec, "widget", "test")
+    bad = _paths(synthetic_mvtec, "widget", "test", "scratch")
+    preds = det.predict(good + bad, category="widget")
+    assert [p.path for p in preds] == [str(p) for p in good + bad]
+    assert all(p.anomaly_map.shape == (56, 56) for p in preds)
+    base = np.array([p.scores["base"] for p in preds])
+    hybrid = np.array([p.scores["hybrid"] for p in preds])
+    lam = det.categories_["widget"].calibration.lam
+    assert np.allclose(hybrid, base + lam * np.array([p.scores["struct"] for p in preds]))
+    assert np.allclose(base, [p.anomaly_map.max() for p in preds])
+    # magenta squares on a grey texture must score above every good test image
+    assert base[3:].min() > base[:3].max()
+
+
+def test_maps_are_knn_to_bank_then_upsample_and_blur(synthetic_mvtec, tiny_backbone):
+    det = _detector()
+    model = det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    paths = _paths(synthetic_mvtec, "widget", "test", "scratch")
+    feats = det.extract(paths)
+    d = torch.cdist(feats.double(), model.bank.double()[None]) ** 2
+    grid = d.topk(5, largest=False).values.mean(-1).reshape(len(paths), 4, 4).float()
+    expected = anomaly_maps(grid, (56, 56), 4.0)
+    scored = det.score_features("widget", feats)
+    assert np.allclose(scored.maps, expected, rtol=1e-4, atol=1e-5)
+    assert np.allclose(scored.scores["base"], pool(expected))
+
+
+def test_same_seed_same_scores_and_reload_is_identical(synthetic_mvtec, tiny_backbone, tmp_path):
+    paths = _paths(synthetic_mvtec, "widget", "test", "scratch")
+    runs = []
+    for _ in range(2):
+        det = _detector()
+        det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+        runs.append([p.scores for p in det.predict(paths, "widget")])
+    assert runs[0] == runs[1]
+    det.save(tmp_path / "model")
+    again = Detector.load(tmp_path / "model", progress=False)
+    assert [p.scores for p in again.predict(paths, "widget")] == runs[0]
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["weights"]["sha256"] == "0" * 64
+    assert manifest["categories"]["widget"]["thresholds"].keys() == {"base", "struct", "hybrid"}
+
+
+def test_adding_a_category_leaves_the_others_untouched_and_routing(synthetic_mvtec, tiny_backbone, tmp_path):
+    det = _detector()
+    det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    bank_before = det.categories_["widget"].bank.clone()
+    det.save(tmp_path / "m")
+    det = Detector.load(tmp_path / "m", progress=False)
+    det.fit("gadget", _paths(synthetic_mvtec, "gadget", "train"))
+    assert torch.equal(det.categories_["widget"].bank, bank_before)
+    det.save(tmp_path / "m")
+    det = Detector.load(tmp_path / "m", progress=False)
+    assert set(det.categories_) == {"widget", "gadget"}
+    routed = det.predict(_paths(synthetic_mvtec, "widget", "test", "scratch"))
+    assert all(p.category in ("widget", "gadget") for p in routed)
+
+
+@pytest.mark.parametrize("mode", ["leave-one-out", "held-out"])
+def test_calibration_modes(synthetic_mvtec, tiny_backbone, mode):
+    det = _detector(calibration=mode)
+    model = det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    ins = _detector().fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    assert np.isfinite(model.calibration.lam)
+    # in-sample maps score train images against banks holding their own patches: lower thresholds
+    assert model.calibration.thresholds["base"] > ins.calibration.thresholds["base"]
+
+
+def test_errors(synthetic_mvtec, tiny_backbone, tmp_path):
+    det = _detector()
+    with pytest.raises(NotFittedError, match="not fitted|no fitted"):
+        det.predict(_paths(synthetic_mvtec, "widget", "test"))
+    with pytest.raises(ValueError, match="at least 2"):
+        det.fit("one", _paths(synthetic_mvtec, "widget", "train")[:1])
+    det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
+    with pytest.raises(KeyError, match="unknown category"):
+        det.predict(_paths(synthetic_mvtec, "widget", "test"), category="nope")
+    det.save(tmp_path / "m")
+    manifest = tmp_path / "m" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["format_version"] = 99
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="format 99"):
+        Detector.load(tmp_path / "m")
+    det.save(tmp_path / "m")  # a failed load lost nothing: saving again works
+    f = tmp_path / "m" / "category_000.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match="category_000"):
+        Detector.load(tmp_path / "m")
