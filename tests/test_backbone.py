@@ -89,3 +89,15 @@ def test_position_embedding_resize_follows_meta_formula(tiny_vit):
 def test_image_size_must_be_multiple_of_patch(tiny_vit):
     with pytest.raises(ValueError, match="multiple of the patch size"):
         tiny_vit.patch_tokens(torch.randn(1, 3, 30, 28), [-1])
+
+
+def test_register_models_resize_to_size_with_antialias():
+    # Meta's hub builds the _reg models with interpolate_offset=0 and antialiasing
+    cfg = CONFIGS["dinov2_vits14_reg"]
+    assert (cfg.interpolate_offset, cfg.interpolate_antialias) == (0.0, True)
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(embed_dim=24, depth=1, num_heads=2, pos_grid=8, num_registers=4,
+                                        interpolate_offset=0.0, interpolate_antialias=True))
+    patch = model.pos_embed.detach()[:, 1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(patch, size=(5, 3), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, 15, -1)
+    assert torch.allclose(model.interpolate_pos_encoding(5, 3).detach()[:, 1:], expected)

@@ -17,7 +17,12 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Shape of a DINOv2 ViT. ``pos_grid`` is the side of the trained position grid (518 px / 14)."""
+    """Shape of a DINOv2 ViT. ``pos_grid`` is the side of the trained position grid (518 px / 14).
+
+    ``interpolate_offset``/``interpolate_antialias`` reproduce how Meta resizes each model's position
+    embedding: +0.1 offset without antialiasing for the original models, target size with
+    antialiasing for the register models (as Meta's hub builds them).
+    """
 
     embed_dim: int
     depth: int
@@ -27,6 +32,8 @@ class ViTConfig:
     num_registers: int = 0
     patch_size: int = 14
     pos_grid: int = 37
+    interpolate_offset: float = 0.1
+    interpolate_antialias: bool = False
 
 
 _BASE = {
@@ -40,7 +47,9 @@ _BASE = {
 CONFIGS: dict[str, ViTConfig] = {}
 for _size, _cfg in _BASE.items():
     CONFIGS[f"dinov2_{_size}"] = _cfg
-    CONFIGS[f"dinov2_{_size}_reg"] = ViTConfig(**{**_cfg.__dict__, "num_registers": 4})
+    CONFIGS[f"dinov2_{_size}_reg"] = ViTConfig(
+        **{**_cfg.__dict__, "num_registers": 4, "interpolate_offset": 0.0, "interpolate_antialias": True}
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -135,21 +144,23 @@ class VisionTransformer(nn.Module):
     def interpolate_pos_encoding(self, rows: int, cols: int) -> torch.Tensor:
         """Position embedding for a ``rows`` x ``cols`` patch grid, resized the way Meta's DINOv2 does.
 
-        Bicubic, no antialiasing, and a scale factor of ``(n + 0.1) / grid`` rather than a target size:
-        that offset changes the sampled positions, so features match Meta's only with it.
+        Bicubic; for the original models no antialiasing and a scale factor of ``(n + 0.1) / grid``
+        rather than a target size: that offset changes the sampled positions, so features match
+        Meta's only with it.
         """
-        grid = self.cfg.pos_grid
+        cfg = self.cfg
+        grid = cfg.pos_grid
         if rows == grid and cols == grid:
             return self.pos_embed
         pos = self.pos_embed.float()
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         patch_pos = patch_pos.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(
-            patch_pos,
-            scale_factor=((rows + 0.1) / grid, (cols + 0.1) / grid),
-            mode="bicubic",
-            antialias=False,
-        )
+        if cfg.interpolate_offset:
+            offset = cfg.interpolate_offset
+            resize = {"scale_factor": ((rows + offset) / grid, (cols + offset) / grid)}
+        else:
+            resize = {"size": (rows, cols)}
+        patch_pos = F.interpolate(patch_pos, mode="bicubic", antialias=cfg.interpolate_antialias, **resize)
         if patch_pos.shape[-2:] != (rows, cols):
             raise RuntimeError(f"position grid resized to {tuple(patch_pos.shape[-2:])}, expected {(rows, cols)}")
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)

@@ -341,7 +341,12 @@ class Detector:
         manifest = {
             "config": asdict(self.config),
             "precision": self.precision,
-            "weights": {"name": self.config.backbone, "sha256": self.weights_info_.sha256, "source": self.weights_info_.source},
+            "weights": {
+                "name": self.config.backbone,
+                "sha256": self.weights_info_.sha256,
+                "source": self.weights_info_.source,
+                "origin": self.weights_info_.origin,
+            },
             "categories": categories,
         }
         return write_model(Path(folder), manifest, files)
@@ -354,9 +359,7 @@ class Detector:
         settings.setdefault("precision", manifest["precision"])
         detector = cls(config, **settings)
         detector.projection_ = files.get("projection.safetensors", {}).get("projection")
-        detector.weights_info_ = WeightsInfo(
-            name=manifest["weights"]["name"], path=None, sha256=manifest["weights"]["sha256"], source=manifest["weights"]["source"]
-        )
+        detector.weights_info_ = WeightsInfo(path=None, **manifest["weights"])
         for name, entry in manifest["categories"].items():
             t = files[entry["file"]]
             calibration = StructCalibration(
