@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -82,6 +83,11 @@ def _score_block(d: dict, prefix: str) -> dict:
     return flat
 
 
+def _floats(values) -> np.ndarray:
+    """Scores as float64; JSON nulls (non-finite values written by the benchmark) become NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 def load_scores(path: str | Path) -> CategoryScores:
     """Read ``scores/<category>.json``.
 
@@ -98,8 +104,8 @@ def load_scores(path: str | Path) -> CategoryScores:
     missing = [s for s in ("base", "hybrid") if s not in test]
     if missing:
         raise ReportError(f"{path}: no test scores for {missing}")
-    test_scores = {s: np.asarray(test[s], dtype=np.float64) for s in SCORES if s in test}
-    train_scores = {s: np.asarray(train[s], dtype=np.float64) for s in SCORES if s in train}
+    test_scores = {s: _floats(test[s]) for s in SCORES if s in test}
+    train_scores = {s: _floats(train[s]) for s in SCORES if s in train}
     n = len(test_scores["base"])
     labels = _pick(test, "labels", "label", "y", default=d.get("labels"))
     if labels is None:
@@ -204,11 +210,13 @@ def _draw_base_vs_hybrid(ax, s: CategoryScores, fontsize: float = 8.0) -> Crosso
     ax.scatter(base[~good], hyb[~good], s=20, c=DEFECT_COLOR, alpha=0.75, marker="^", lw=0, zorder=3)
     ax.axvline(tb, color="0.2", ls="--", lw=1, zorder=1)
     ax.axhline(th, color="0.2", ls=":", lw=1.2, zorder=1)
-    box = dict(boxstyle="round,pad=0.25", fc="white", ec="none", alpha=0.75)
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]  # readable over points, hides none
     ax.text(0.02, 0.98, "base accepts, hybrid rejects:\n" + _region_label(counts.hybrid_rejects),
-            transform=ax.transAxes, ha="left", va="top", fontsize=fontsize, color="#a04b00", bbox=box, zorder=4)
+            transform=ax.transAxes, ha="left", va="top", fontsize=fontsize, color="#a04b00", path_effects=halo,
+            zorder=4)
     ax.text(0.98, 0.02, "base rejects, hybrid accepts:\n" + _region_label(counts.hybrid_accepts),
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=fontsize, color="#5b3a80", bbox=box, zorder=4)
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=fontsize, color="#5b3a80", path_effects=halo,
+            zorder=4)
     ax.set_xlabel(r"$S_{\mathrm{base}} = \max(S)$", fontsize=fontsize + 1)
     ax.set_ylabel(r"$S_{\mathrm{hyb}}$", fontsize=fontsize + 1)
     ax.tick_params(labelsize=fontsize - 0.5)
@@ -887,3 +895,18 @@ def _html(results, out_dir, scores, fig2, per_cat, qual, problems) -> str:
         out.append("<h3>Detector settings</h3>" + generic_table(config, pct=False))
     out.append("</body></html>\n")
     return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m structcore.report DIR``: (re)write the figures and report.html of a benchmark folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m structcore.report", description=main.__doc__)
+    parser.add_argument("out_dir", type=Path, help="a folder written by `structcore benchmark --out`")
+    args = parser.parse_args(argv)
+    print(write_report(args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
