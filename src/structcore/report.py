@@ -190,24 +190,72 @@ def _limits(values: np.ndarray, tau: float) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _zoom_top(values: np.ndarray, good: np.ndarray, train: np.ndarray | None, tau: float) -> float | None:
+    """Upper axis limit that keeps the threshold region readable, or None where all points fit anyway.
+
+    The scale is the distance from the 5th percentile of the train-good scores (else the good test scores)
+    up to the threshold: the window ends 3 such distances above the threshold, or at the highest good test
+    score if that is further (at most 6 distances), and is used only where it cuts the axis by a third.
+    """
+    ref = train if train is not None and np.isfinite(train).any() else values[good]
+    ref = ref[np.isfinite(ref)] if ref is not None else ref
+    if ref is None or not len(ref):
+        return None
+    d = tau - float(np.percentile(ref, 5))
+    if not d > 0:
+        return None
+    top = tau + 3 * d
+    g = values[good & np.isfinite(values)]
+    if len(g):
+        top = max(top, min(float(g.max()), tau + 6 * d))
+    finite = values[np.isfinite(values)]
+    lo = min(float(finite.min()), tau) if len(finite) else tau
+    hi = float(finite.max()) if len(finite) else tau
+    if hi - lo <= 1.5 * (top - lo):
+        return None
+    return top
+
+
 def _region_label(count: RegionCount) -> str:
     return f"{count.total}  ({count.defective} defective, {count.good} good)"
 
 
-def _draw_base_vs_hybrid(ax, s: CategoryScores, fontsize: float = 8.0) -> Crossover:
+def _draw_base_vs_hybrid(ax, s: CategoryScores, fontsize: float = 8.0, zoom: bool = False) -> Crossover:
+    """One Figure 2 panel. ``zoom``: axes end a few train-good spreads above the thresholds; points beyond
+    are drawn hollow on the edge (the counts always cover every test image)."""
     base, hyb, labels = s.test["base"], s.test["hybrid"], s.labels
     tb, th = s.thresholds["base"], s.thresholds["hybrid"]
     counts = crossover_counts(base, hyb, labels, tb, th)
+    good = labels == 0
     x0, x1 = _limits(base, tb)
     y0, y1 = _limits(hyb, th)
+    xs, ys = base.copy(), hyb.copy()
+    clipped = np.zeros(len(base), bool)
+    if zoom:
+        for vals, tau, train, axis in ((xs, tb, s.train.get("base"), "x"), (ys, th, s.train.get("hybrid"), "y")):
+            top = _zoom_top(vals, good, train, tau)
+            if top is None:
+                continue
+            finite = vals[np.isfinite(vals)]
+            lo = min(float(finite.min()), tau) if len(finite) else tau
+            edge = top + 0.02 * (top - lo)
+            clipped |= vals > edge
+            np.minimum(vals, edge, out=vals)
+            lims = (lo - 0.05 * (top - lo), top + 0.04 * (top - lo))
+            if axis == "x":
+                x0, x1 = lims
+            else:
+                y0, y1 = lims
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     # cross-over regions: upper-left (base accepts, hybrid rejects), lower-right (base rejects, hybrid accepts)
     ax.fill_between([x0, tb], th, y1, color=HYBRID_REJECTS_COLOR, alpha=0.13, lw=0, zorder=0)
     ax.fill_between([tb, x1], y0, th, color=HYBRID_ACCEPTS_COLOR, alpha=0.13, lw=0, zorder=0)
-    good = labels == 0
-    ax.scatter(base[good], hyb[good], s=16, c=GOOD_COLOR, alpha=0.65, lw=0, zorder=2)
-    ax.scatter(base[~good], hyb[~good], s=20, c=DEFECT_COLOR, alpha=0.75, marker="^", lw=0, zorder=3)
+    for sel, color, marker, size, z in ((good, GOOD_COLOR, "o", 16, 2), (~good, DEFECT_COLOR, "^", 20, 3)):
+        inside, out = sel & ~clipped, sel & clipped
+        ax.scatter(xs[inside], ys[inside], s=size, c=color, alpha=0.7, lw=0, marker=marker, zorder=z)
+        ax.scatter(xs[out], ys[out], s=size, facecolors="none", edgecolors=color, alpha=0.8, lw=0.8, marker=marker,
+                   zorder=z, clip_on=False)
     ax.axvline(tb, color="0.2", ls="--", lw=1, zorder=1)
     ax.axhline(th, color="0.2", ls=":", lw=1.2, zorder=1)
     halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]  # readable over points, hides none
@@ -221,7 +269,10 @@ def _draw_base_vs_hybrid(ax, s: CategoryScores, fontsize: float = 8.0) -> Crosso
     ax.set_ylabel(r"$S_{\mathrm{hyb}}$", fontsize=fontsize + 1)
     ax.tick_params(labelsize=fontsize - 0.5)
     lam = "" if s.lam is None else f"   $\\lambda$={s.lam:.3g}"
-    ax.set_title(f"{s.category}   (n={len(base)}: {int((~good).sum())} defective){lam}", fontsize=fontsize + 1.5)
+    title = f"{s.category}   (n={len(base)}: {int((~good).sum())} defective){lam}"
+    if clipped.any():
+        title += f"\nzoomed: {int(clipped.sum())} far points drawn hollow on the edge"
+    ax.set_title(title, fontsize=fontsize + 1.5)
     return counts
 
 
@@ -243,10 +294,15 @@ def figure_base_vs_hybrid(scores_json: CategoryScores | str | Path, path: str | 
     Saves a PNG to ``path`` and returns the cross-over counts shown in the panel.
     """
     s = _as_scores(scores_json)
-    fig, ax = plt.subplots(figsize=(5.6, 5.4))
-    counts = _draw_base_vs_hybrid(ax, s, fontsize=9)
-    fig.legend(handles=_legend_handles(s.quantile), loc="lower center", ncol=3, fontsize=7.5, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    good = s.labels == 0
+    zoomable = any(_zoom_top(s.test[k], good, s.train.get(k), s.thresholds[k]) is not None for k in ("base", "hybrid"))
+    fig, axes = plt.subplots(1, 1 + zoomable, figsize=(5.6 * (1 + zoomable), 5.6), squeeze=False)
+    counts = _draw_base_vs_hybrid(axes[0, 0], s, fontsize=9)
+    if zoomable:
+        _draw_base_vs_hybrid(axes[0, 1], s, fontsize=9, zoom=True)
+    fig.legend(handles=_legend_handles(s.quantile), loc="lower center", ncol=3 * (1 + zoomable), fontsize=7.5,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1 / (1 + zoomable), 1, 1))
     _save(fig, path)
     return counts
 
@@ -256,8 +312,9 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def figure_2(out_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Figure 2 for every ``scores/*.json`` of a benchmark folder: one panel per category.
+def figure_2(out_dir: str | Path, path: str | Path | None = None, zoom: bool = True) -> Path:
+    """Figure 2 for every ``scores/*.json`` of a benchmark folder: one panel per category, by default
+    zoomed on the thresholds (far points hollow on the edge; see :func:`figure_base_vs_hybrid` for both views).
 
     Saved to ``path`` (default ``<out_dir>/figures/figure2_base_vs_hybrid.png``).
     """
@@ -272,7 +329,7 @@ def figure_2(out_dir: str | Path, path: str | Path | None = None) -> Path:
     height = 3.8 * nrows + legend_h
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.1 * ncols, height), squeeze=False)
     for ax, s in zip(axes.flat, cats):
-        _draw_base_vs_hybrid(ax, s, fontsize=7.5)
+        _draw_base_vs_hybrid(ax, s, fontsize=7.5, zoom=zoom)
     for ax in list(axes.flat)[len(cats) :]:
         ax.set_visible(False)
     fig.legend(handles=_legend_handles(cats[0].quantile), loc="lower center", ncol=legend_cols, fontsize=8,
@@ -848,7 +905,9 @@ def _html(results, out_dir, scores, fig2, per_cat, qual, problems) -> str:
         out.append(f'<p class="note">Class-separated test images. x: S<sub>base</sub> = max(S); y: S<sub>hyb</sub>. '
                    f"Thresholds are the {100 * q:g}% quantiles of the train-good calibration scores; an image is "
                    "rejected (called anomalous) where its score is above the threshold. Shaded: images whose base "
-                   "and hybrid decisions differ.</p>")
+                   "and hybrid decisions differ. Panels are zoomed on the thresholds where far-off defects would "
+                   "squeeze them (those points are drawn hollow on the edge); the per-category figures also show "
+                   "the full range. Counts always cover every test image.</p>")
         if fig2 is not None:
             src = _rel(fig2, out_dir)
             out.append(f'<a href="{src}"><img src="{src}" alt="base vs hybrid scores"></a>')
