@@ -188,7 +188,7 @@ def test_write_report_on_a_fake_benchmark(bench):
     assert "Timings" in page
     assert "<script" not in page and "http" not in page
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert "figures/figure2_base_vs_hybrid.png" in srcs
+    assert "figures/figure2_base_vs_hybrid.png" in srcs and "figures/figure3_qualitative.png" in srcs
     assert {f"figures/qualitative_{c}.png" for c in CATEGORIES} <= set(srcs)
     for src in srcs:
         _png_ok(bench / html.unescape(src))

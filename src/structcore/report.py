@@ -365,19 +365,27 @@ def _resolve_image(p: str, roots: list[Path]) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def figure_qualitative(
-    maps_npz: str | Path,
-    path: str | Path,
-    scores: CategoryScores | str | Path | None = None,
-    config: dict | None = None,
-    max_rows: int = 8,
-) -> Path:
-    """Figures 3-4 style for one category: a row per image; input as the model saw it, ground truth,
-    heatmap overlay (colour scale from the category's base threshold, :func:`visualize.color_range`).
+@dataclass
+class MapSamples:
+    """One ``maps/<category>.npz`` joined with its scores: what a qualitative panel needs per image."""
 
-    ``scores`` (default ``../scores/<stem>.json``) gives the thresholds and each image's base/hybrid
-    score; ``config`` (default ``../results.json``'s ``config``) gives resize/crop/decision_score.
-    """
+    category: str
+    maps: np.ndarray  # [n, H, W]
+    views: list  # PIL images as the model saw them, or None where the image is not available
+    masks: list  # bool [H, W] per image, or None where the category has no masks
+    labels: np.ndarray  # 1 defective, 0 good, -1 unknown
+    defect_types: list[str]
+    paths: list[str]
+    scores: list[dict[str, float]]
+    thresholds: dict[str, float]
+    decision: str
+
+
+def load_maps(maps_npz: str | Path, scores: CategoryScores | str | Path | None = None,
+              config: dict | None = None) -> MapSamples:
+    """Read ``maps/<category>.npz``; ``scores`` (default ``../scores/<stem>.json``) and ``config`` (default
+    ``../results.json``'s) fill in what the file lacks. Images come from the file's ``images`` when present,
+    else from their paths through :func:`visualize.cropped_view` with the config's resize and crop."""
     maps_npz = Path(maps_npz)
     out_dir = maps_npz.parent.parent
     if scores is None and (out_dir / "scores" / f"{maps_npz.stem}.json").is_file():
@@ -396,99 +404,191 @@ def figure_qualitative(
         npz_scores = {k: np.asarray(z[k], np.float64) for k in SCORES if k in z.files}
         npz_thr = {k: float(z[f"threshold_{k}"]) for k in SCORES if f"threshold_{k}" in z.files}
     if masks is not None and has_mask is None:
-        has_mask = np.ones(n, bool) if masks.ndim == 3 else np.zeros(n, bool)
-    thresholds = dict(s.thresholds) if s is not None else npz_thr
+        has_mask = np.full(n, masks.ndim == 3)
     index = {p: i for i, p in enumerate(s.paths)} if s is not None else {}
+    rows = [index.get(p) for p in paths]
     if labels is None:
-        labels = np.array([s.labels[index[p]] if p in index else -1 for p in paths]) if s else -np.ones(n, int)
+        labels = np.array([s.labels[i] if i is not None else -1 for i in rows]) if s else np.full(n, -1)
     crop = int(config.get("crop", maps.shape[-1]))
     resize = int(config.get("resize", crop))
-    decision = str(config.get("decision_score", "hybrid"))
     roots = [Path(config[k]) for k in ("data", "data_root", "root") if config.get(k)]
-    if "base" in thresholds:
-        vmin, vmax = color_range(thresholds["base"])
-    else:
-        vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
-
-    rows = min(n, max_rows)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.2, 2.75 * rows + 1.0), squeeze=False)
-    for r in range(rows):
-        amap, p = maps[r], paths[r]
+    views = []
+    for r, p in enumerate(paths):
         if images is not None and len(images) > r:
-            view = Image.fromarray(np.asarray(images[r], dtype=np.uint8)).convert("RGB")
+            views.append(Image.fromarray(np.asarray(images[r], dtype=np.uint8)).convert("RGB"))
         else:
             file = _resolve_image(p, roots) if p else None
-            view = cropped_view(load_image(file), Preprocess(resize, crop)) if file is not None else None
-        a_img, a_gt, a_ov = axes[r]
-        if view is not None:
-            a_img.imshow(view)
+            views.append(cropped_view(load_image(file), Preprocess(resize, crop)) if file is not None else None)
+    per_image = []
+    for r, i in enumerate(rows):
+        if npz_scores:
+            per_image.append({k: float(v[r]) for k, v in npz_scores.items()})
+        elif s is not None and i is not None:
+            per_image.append({k: float(v[i]) for k, v in s.test.items()})
         else:
-            a_img.imshow(np.full(amap.shape, 0.85), cmap="gray", vmin=0, vmax=1)
-            a_img.text(0.5, 0.5, "image not found", ha="center", va="center", transform=a_img.transAxes, fontsize=8)
-        i = index.get(p)
-        kind = npz_defects[r] if npz_defects else (s.defect_types[i] if (s is not None and i is not None) else None)
-        truth = "good" if labels[r] == 0 else ("defective" if labels[r] > 0 else "label unknown")
-        if kind and truth == "defective" and kind != "good":
-            truth = f"defective: {kind}"
-        a_img.set_title(f"{Path(p).parent.name}/{Path(p).name}" if p else f"image {r}", fontsize=7.5)
-        a_img.set_ylabel(truth, fontsize=8, color=DEFECT_COLOR if labels[r] > 0 else "0.2")
-        mask = masks[r] if (masks is not None and has_mask is not None and has_mask[r]) else None
-        a_gt.set_title("ground truth", fontsize=8)
-        if mask is not None:
-            a_gt.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            a_gt.imshow(np.full(amap.shape, 0.35), cmap="gray", vmin=0, vmax=1)
-            a_gt.text(0.5, 0.5, "no mask", ha="center", va="center", transform=a_gt.transAxes, color="white",
-                      fontsize=9)
-        base_img = view if view is not None else Image.fromarray(np.full((*amap.shape, 3), 128, np.uint8))
-        a_ov.imshow(overlay(base_img, amap, vmin, vmax))
-        if mask is not None and mask.any() and mask.shape == amap.shape:
-            a_ov.contour(mask.astype(np.float32), levels=[0.5], colors="white", linewidths=0.8)
-        a_ov.set_title(_score_title(r, i, s, npz_scores, thresholds, decision, labels[r]), fontsize=7.5,
-                       color=_title_color(r, i, s, npz_scores, thresholds, decision, labels[r]))
-        for a in axes[r]:
-            a.set_xticks([])
-            a.set_yticks([])
-    cat = s.category if s is not None else maps_npz.stem
-    fig.suptitle(f"{cat}: input (resized + center-cropped), ground truth, anomaly map", fontsize=10)
-    sm = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(vmin, vmax))
-    height = 2.75 * rows + 1.0
-    fig.set_size_inches(7.2, height)
-    fig.tight_layout(rect=(0, 0.75 / height, 1, 1 - 0.35 / height))
-    cax = fig.add_axes((0.25, 0.3 / height, 0.5, 0.12 / height))
-    cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+            per_image.append({})
+    defects = npz_defects or [s.defect_types[i] if (s is not None and i is not None) else "" for i in rows]
+    return MapSamples(
+        category=s.category if s is not None else maps_npz.stem,
+        maps=maps,
+        views=views,
+        masks=[masks[r] if (masks is not None and has_mask is not None and has_mask[r]) else None for r in range(n)],
+        labels=labels,
+        defect_types=list(defects),
+        paths=paths,
+        scores=per_image,
+        thresholds=dict(s.thresholds) if s is not None else npz_thr,
+        decision=str(config.get("decision_score", "hybrid")),
+    )
+
+
+def _color_range(m: MapSamples) -> tuple[float, float]:
+    if "base" in m.thresholds:
+        return color_range(m.thresholds["base"])
+    return float(np.percentile(m.maps, 1)), float(np.percentile(m.maps, 99.9))
+
+
+def _truth(m: MapSamples, r: int) -> str:
+    if m.labels[r] == 0:
+        return "good"
+    if m.labels[r] < 0:
+        return "label unknown"
+    kind = m.defect_types[r]
+    return f"defective: {kind}" if kind and kind != "good" else "defective"
+
+
+def _decisions(m: MapSamples, r: int) -> tuple[str, str]:
+    """Panel title (base and hybrid score with their decisions) and its colour (red: final decision wrong)."""
+    sc = m.scores[r]
+    parts = []
+    for k, name in (("base", "base"), ("hybrid", "hyb")):
+        if k in sc:
+            verdict = "" if k not in m.thresholds else (" reject" if sc[k] > m.thresholds[k] else " accept")
+            parts.append(f"{name} {sc[k]:.3g}{verdict}")
+    color = "black"
+    if m.decision in sc and m.decision in m.thresholds and m.labels[r] >= 0:
+        if (sc[m.decision] > m.thresholds[m.decision]) != (m.labels[r] > 0):
+            color = DEFECT_COLOR
+    return ("\n".join(parts) if parts else "anomaly map"), color
+
+
+def _draw_view(ax, m: MapSamples, r: int):
+    if m.views[r] is not None:
+        ax.imshow(m.views[r])
+    else:
+        ax.imshow(np.full(m.maps[r].shape, 0.85), cmap="gray", vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+
+
+def _draw_mask(ax, m: MapSamples, r: int):
+    if m.masks[r] is not None:
+        ax.imshow(m.masks[r], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(np.full(m.maps[r].shape, 0.35), cmap="gray", vmin=0, vmax=1)
+        ax.text(0.5, 0.5, "no mask", ha="center", va="center", transform=ax.transAxes, color="white", fontsize=9)
+
+
+def _draw_overlay(ax, m: MapSamples, r: int, vmin: float, vmax: float):
+    amap = m.maps[r]
+    view = m.views[r] if m.views[r] is not None else Image.fromarray(np.full((*amap.shape, 3), 128, np.uint8))
+    ax.imshow(overlay(view, amap, vmin, vmax))
+    mask = m.masks[r]
+    if mask is not None and mask.any() and mask.shape == amap.shape:
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors="white", linewidths=0.8)
+
+
+def _colorbar(fig, rect, vmin, vmax, tau):
+    cax = fig.add_axes(rect)
+    cb = fig.colorbar(plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(vmin, vmax)), cax=cax,
+                      orientation="horizontal")
     cb.ax.tick_params(labelsize=7)
     cb.ax.xaxis.set_label_position("top")
-    tau = thresholds.get("base")
     cb.set_label(f"anomaly score (colour scale {vmin:.3g} .. {vmax:.3g} = 0.5 .. 1.5 x base threshold {tau:.3g})"
                  if tau is not None else "anomaly score", fontsize=7.5)
+
+
+def _no_ticks(*axes):
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+
+
+def figure_qualitative(
+    maps_npz: str | Path,
+    path: str | Path,
+    scores: CategoryScores | str | Path | None = None,
+    config: dict | None = None,
+    max_rows: int = 8,
+) -> Path:
+    """Figures 3-4 style for one category: a row per image (up to ``max_rows``): the input as the model
+    saw it, the ground-truth mask (or "no mask"), and the heatmap overlay on the category's colour scale
+    (:func:`visualize.color_range` of the base threshold), titled with the base and hybrid scores and
+    decisions (red where the final decision disagrees with the label). See :func:`load_maps` for the inputs.
+    """
+    m = load_maps(maps_npz, scores, config)
+    vmin, vmax = _color_range(m)
+    rows = min(len(m.maps), max_rows)
+    if rows == 0:
+        raise ReportError(f"{maps_npz}: no maps")
+    height = 2.75 * rows + 1.0
+    fig, axes = plt.subplots(rows, 3, figsize=(7.2, height), squeeze=False)
+    for r in range(rows):
+        a_img, a_gt, a_ov = axes[r]
+        _draw_view(a_img, m, r)
+        p = m.paths[r]
+        a_img.set_title(f"{Path(p).parent.name}/{Path(p).name}" if p else f"image {r}", fontsize=7.5)
+        a_img.set_ylabel(_truth(m, r), fontsize=8, color=DEFECT_COLOR if m.labels[r] > 0 else "0.2")
+        a_gt.set_title("ground truth", fontsize=8)
+        _draw_mask(a_gt, m, r)
+        _draw_overlay(a_ov, m, r, vmin, vmax)
+        title, color = _decisions(m, r)
+        a_ov.set_title(title, fontsize=7.5, color=color)
+        _no_ticks(*axes[r])
+    fig.suptitle(f"{m.category}: input (resized + center-cropped), ground truth, anomaly map", fontsize=10)
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1 - 0.35 / height))
+    _colorbar(fig, (0.25, 0.3 / height, 0.5, 0.12 / height), vmin, vmax, m.thresholds.get("base"))
     _save(fig, path)
     return Path(path)
 
 
-def _image_scores(r, i, s, npz_scores) -> dict[str, float]:
-    if s is not None and i is not None:
-        return {k: float(v[i]) for k, v in s.test.items()}
-    return {k: float(v[r]) for k, v in npz_scores.items()}
-
-
-def _score_title(r, i, s, npz_scores, thresholds, decision, label) -> str:
-    sc = _image_scores(r, i, s, npz_scores)
-    parts = []
-    for k, name in (("base", "base"), ("hybrid", "hyb")):
-        if k in sc:
-            verdict = ""
-            if k in thresholds:
-                verdict = " reject" if sc[k] > thresholds[k] else " accept"
-            parts.append(f"{name} {sc[k]:.3g}{verdict}")
-    return "\n".join(parts) if parts else "anomaly map"
-
-
-def _title_color(r, i, s, npz_scores, thresholds, decision, label) -> str:
-    sc = _image_scores(r, i, s, npz_scores)
-    if decision not in sc or decision not in thresholds or label < 0:
-        return "black"
-    return "black" if (sc[decision] > thresholds[decision]) == (label > 0) else DEFECT_COLOR
+def figure_3(out_dir: str | Path, path: str | Path | None = None, per_category: int | None = None) -> Path:
+    """Figures 3-4 of the paper for a benchmark folder: a column per example, ``per_category`` defective
+    examples per category (default: 1, or up to 3 where there are few categories; those with a mask
+    first), rows: input, ground truth, anomaly map (each category on its own colour scale).
+    Saved to ``path`` (default ``<out_dir>/figures/figure3_qualitative.png``)."""
+    out_dir = Path(out_dir)
+    config = _read_config(out_dir)
+    files = sorted((out_dir / "maps").glob("*.npz"))
+    if per_category is None:
+        per_category = max(1, min(3, 6 // max(len(files), 1)))
+    columns = []
+    for f in files:
+        try:
+            m = load_maps(f, None, config)
+        except Exception as e:  # a broken file costs its column, not the figure
+            warnings.warn(f"Figure 3: skipping {f.name}: {type(e).__name__}: {e}", stacklevel=2)
+            continue
+        order = sorted(range(len(m.maps)), key=lambda r: (m.labels[r] <= 0, m.masks[r] is None, r))
+        columns += [(m, r) for r in order[:per_category]]
+    if not columns:
+        raise ReportError(f"{out_dir / 'maps'}: no map files")
+    n = len(columns)
+    fig, axes = plt.subplots(3, n, figsize=(1.75 * n + 0.5, 6.2), squeeze=False)
+    for c, (m, r) in enumerate(columns):
+        vmin, vmax = _color_range(m)
+        _draw_view(axes[0, c], m, r)
+        _draw_mask(axes[1, c], m, r)
+        _draw_overlay(axes[2, c], m, r, vmin, vmax)
+        axes[0, c].set_title(f"{m.category}\n{m.defect_types[r] if m.labels[r] > 0 else 'good'}", fontsize=8)
+        title, color = _decisions(m, r)
+        axes[2, c].set_xlabel(title, fontsize=7, color=color)
+        _no_ticks(*axes[:, c])
+    for row, name in enumerate(("input", "ground truth", "anomaly map")):
+        axes[row, 0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    path = Path(path) if path is not None else out_dir / "figures" / "figure3_qualitative.png"
+    _save(fig, path)
+    return path
 
 
 def _save(fig, path) -> None:
@@ -827,11 +927,13 @@ def write_report(out_dir: str | Path) -> Path:
     by_name = {s.category: s for s in scores}
     config = results.get("config") or {}
     qual = {}
-    for f in sorted((out_dir / "maps").glob("*.npz")):
+    maps = sorted((out_dir / "maps").glob("*.npz"))
+    fig3 = attempt("Figure 3", figure_3, out_dir) if maps else None
+    for f in maps:
         p = fig_dir / f"qualitative_{f.stem}.png"
         if attempt(f"qualitative ({f.stem})", figure_qualitative, f, p, by_name.get(f.stem), config) is not None:
             qual[f.stem] = p
-    page = _html(results, out_dir, scores, fig2, per_cat, qual, problems)
+    page = _html(results, out_dir, scores, fig2, per_cat, fig3, qual, problems)
     report = out_dir / "report.html"
     report.write_text(page, encoding="utf-8")
     return report
@@ -859,7 +961,7 @@ def _timings_html(t: dict) -> str:
     return "".join(out)
 
 
-def _html(results, out_dir, scores, fig2, per_cat, qual, problems) -> str:
+def _html(results, out_dir, scores, fig2, per_cat, fig3, qual, problems) -> str:
     e = html.escape
     cats = _categories(results)
     mean = results.get("mean") or _mean_entry(cats)
@@ -916,12 +1018,17 @@ def _html(results, out_dir, scores, fig2, per_cat, qual, problems) -> str:
             out.append('<p class="note">One figure per category: '
                        + ", ".join(f'<a href="{_rel(p, out_dir)}">{e(c)}</a>' for c, p in per_cat.items()) + "</p>")
 
-    if qual:
+    if qual or fig3 is not None:
         out.append("<h2>Qualitative results (Figures 3-4)</h2>")
         out.append('<p class="note">Input as the model saw it (resized and center-cropped), the ground-truth '
                    "mask in the same frame (white outline on the overlay), and the anomaly map on a fixed colour "
                    "scale per category from 0.5 to 1.5 times &tau;<sub>base</sub>. Titles give the base and hybrid "
                    "scores and their decisions, in red where the final decision disagrees with the label.</p>")
+        if fig3 is not None:
+            src = _rel(fig3, out_dir)
+            out.append(f'<a href="{src}"><img src="{src}" alt="defective examples per category"></a>')
+            out.append('<p class="note">Above: defective examples of every category (each column on its '
+                       "category's colour scale). Below: every example the benchmark kept, per category.</p>")
         out.append('<div class="qual">' + "".join(
             f'<figure><a href="{_rel(p, out_dir)}"><img src="{_rel(p, out_dir)}" alt="{e(c, quote=True)}"></a>'
             f"<figcaption>{e(c)}</figcaption></figure>" for c, p in qual.items()) + "</div>")
