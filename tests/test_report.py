@@ -4,6 +4,7 @@ and the cross-over counts of Figure 2 agree with a direct count."""
 import html
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -217,9 +218,12 @@ def test_report_text_is_escaped_and_broken_parts_are_listed(bench):
     results["config"]["note"] = "<script>alert(1)</script>"
     results["category_names"].append("<b>x</b>")
     (bench / "results.json").write_text(json.dumps(results))
+    for f in (bench / "maps").glob("*.npz"):
+        f.unlink()  # (saves time: the good files are drawn in the other tests)
     (bench / "maps" / "broken.npz").write_bytes(b"not a zip")
-    with pytest.warns(UserWarning, match="broken"):
+    with pytest.warns(UserWarning) as caught:
         page = write_report(bench).read_text()
+    assert any("broken.npz" in str(w.message) for w in caught)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "could not be drawn" in page and "qualitative (broken)" in page
 
@@ -251,3 +255,30 @@ def test_zoomed_panel_keeps_counts_and_marks_far_points(tmp_path):
     assert figure_base_vs_hybrid(s, tmp_path / "far.png") == direct
     with Image.open(tmp_path / "far.png") as im:
         assert im.size[0] > 1.5 * im.size[1]  # full view and zoomed view side by side
+
+
+def test_report_on_a_real_tiny_benchmark(synthetic_mvtec, tiny_vit, tmp_path):
+    """End to end with benchmark.py's own output (tiny random ViT, synthetic data): nothing fails to draw."""
+    benchmark = pytest.importorskip("structcore.benchmark")
+    from structcore.data import load_mvtec
+    from structcore.detector import DetectorConfig
+    from structcore.weights import WeightsInfo
+
+    out = tmp_path / "run"
+    benchmark.run_benchmark(
+        load_mvtec(synthetic_mvtec), out, DetectorConfig(resize=64, crop=56, blocks=(-1, -2), projection_dim=16,
+                                                         coreset_ratio=0.25),
+        [0.25], precision="fp32", progress=False, feature_cache=None,
+        backbone=(tiny_vit, WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")), num_workers=0,
+        batch_size=4, dataset="mvtec", data_root=synthetic_mvtec,
+        ablations=benchmark.Ablations(components=True), write_report=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no figure may fail
+        page = write_report(out).read_text()
+    assert "could not be drawn" not in page
+    for name in ("widget", "gadget", "Class-separated", "Routed", "25% coreset", "Ablations", "components", "Routing",
+                 "Timings", "{&sigma;<sub>S</sub>, top1%, TV}"):
+        assert name in page, name
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        _png_ok(out / html.unescape(src), min_side=200)
