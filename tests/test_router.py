@@ -27,3 +27,16 @@ def test_routes_images_to_their_category():
     assert all(p.shape == (8, 16) for p in protos.values())
     for c in centers:
         assert route(sample(c, 4), protos) == [c] * 4
+
+
+def test_prototypes_cover_the_dense_bulk_and_are_deterministic():
+    # 95% of patches in one tight cluster, 5% scattered: k-center would spend its budget on the
+    # scattered ones; the prototypes must sit where most patches are
+    g = torch.Generator().manual_seed(3)
+    bulk = torch.randn(1, 32, generator=g) * 4 + 0.05 * torch.randn(1900, 32, generator=g)
+    outliers = 6 * torch.randn(100, 32, generator=g)
+    feats = torch.cat([bulk, outliers])
+    protos = routing_prototypes(feats, k=8)
+    z = F.normalize(bulk, dim=-1)
+    assert (2 - 2 * z @ protos.T).min(1).values.mean() < 0.01
+    assert torch.equal(protos, routing_prototypes(feats, k=8))

@@ -1,21 +1,27 @@
 """Category routing for multi-category models (paper eq. 3-4).
 
-Each category keeps K_r prototypes: a greedy k-center coreset of its L2-normalised patch features.
-An image goes to the category whose prototypes are nearest on average over its patches.
+Each category keeps K_r prototypes: spherical k-means centroids (faiss, seeded) of its L2-normalised
+patch features. An image goes to the category whose prototypes are nearest on average over its patches.
+
+Not greedy k-center (spec decision 5): k-center picks the 64 most extreme patches and leaves the dense
+bulk of a category (e.g. screw's plain background) uncovered; measured on bottle + screw it routed
+only 10.6% of screw test images correctly, k-means routes 100% (README, "Deviations from the paper").
 """
 
 from __future__ import annotations
 
+import faiss
 import torch
 import torch.nn.functional as F
 
-from .coreset import greedy_coreset
 
-
-def routing_prototypes(features: torch.Tensor, k: int = 64, seed: int = 42) -> torch.Tensor:
+def routing_prototypes(features: torch.Tensor, k: int = 64, seed: int = 42, iterations: int = 20) -> torch.Tensor:
     """``k`` prototypes ``[k, D]`` (L2-normalised) from a category's patch features ``[N, D]``."""
     normed = F.normalize(features.float(), dim=-1)
-    return normed[greedy_coreset(normed, min(k, len(normed)), seed=seed)]
+    k = min(k, len(normed))
+    kmeans = faiss.Kmeans(normed.shape[1], k, niter=iterations, seed=seed, spherical=True, verbose=False)
+    kmeans.train(normed.numpy())
+    return F.normalize(torch.from_numpy(kmeans.centroids.copy()), dim=-1)
 
 
 def route_distances(image_features: torch.Tensor, prototypes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
