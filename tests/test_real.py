@@ -1,0 +1,77 @@
+"""The whole pipeline with the real DINOv2 ViT-S/14 weights on real MVTec AD images.
+
+Bounds are set well below what the pipeline measures (README) but far above what a broken stage
+gives: a wrong layer, a missing normalisation, a shuffled map or a wrong mask alignment each drop
+these numbers to chance level.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structcore.data import load_mask, load_mvtec, mask_for_crop
+from structcore.detector import Detector, DetectorConfig
+from structcore.metrics import image_metrics, pixel_metrics
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def categories(mvtec_root):
+    return {c.name: c for c in load_mvtec(mvtec_root, ["bottle", "screw"])}
+
+
+@pytest.fixture(scope="module")
+def bottle_detector(categories):
+    det = Detector(DetectorConfig(), progress=False)
+    det.fit("bottle", categories["bottle"].train)
+    return det
+
+
+def test_good_bottles_are_closer_to_each_other_than_to_a_screw(categories, bottle_detector):
+    paths = categories["bottle"].train[:2] + categories["screw"].train[:1]
+    feats = F.normalize(bottle_detector.extract(paths).mean(1), dim=-1)
+    assert float(feats[0] @ feats[1]) > float(feats[0] @ feats[2]) + 0.05
+
+
+def test_bottle_detection_and_localisation(categories, bottle_detector):
+    test = categories["bottle"].test
+    preds = bottle_detector.predict([s.path for s in test], category="bottle")
+    labels = np.array([s.label for s in test])
+    for name in ("base", "hybrid"):
+        scores = np.array([p.scores[name] for p in preds])
+        assert image_metrics(labels, scores)["auroc"] > 0.97, name
+    cfg = bottle_detector.config
+    masks = np.stack(
+        [mask_for_crop(load_mask(s.mask_path), cfg.resize, cfg.crop) if s.mask_path else np.zeros((cfg.crop,) * 2, bool)
+         for s in test]
+    )
+    maps = np.stack([p.anomaly_map for p in preds])
+    pixel = pixel_metrics(masks, maps)
+    # measured 0.913 / 0.754 with the paper's skip5 layers and this ViT-S copy (README)
+    assert pixel["auroc"] > 0.88 and pixel["aupro"] > 0.70
+    # a map flipped upside down no longer lines up with the defects
+    assert pixel_metrics(masks, maps[:, ::-1].copy())["auroc"] < pixel["auroc"] - 0.05
+    rejected = np.array([p.is_anomalous for p in preds])
+    assert rejected[labels == 1].mean() > 0.9
+
+
+def test_routing_between_bottle_and_screw(categories, bottle_detector):
+    screw = categories["screw"]
+    bottle_detector.fit("screw", screw.train[:40])
+    bottle_test = [s.path for s in categories["bottle"].test[::4]]
+    screw_test = [s.path for s in screw.test[::8]]
+    routed = bottle_detector.predict(bottle_test + screw_test)
+    assert [p.category for p in routed] == ["bottle"] * len(bottle_test) + ["screw"] * len(screw_test)
+
+
+def test_same_data_and_seed_give_identical_scores(categories, bottle_detector, tmp_path):
+    paths = [s.path for s in categories["bottle"].test[:6]]
+    first = [p.scores for p in bottle_detector.predict(paths, "bottle")]
+    bottle_detector.save(tmp_path / "m")
+    again = Detector.load(tmp_path / "m", progress=False)
+    assert [p.scores for p in again.predict(paths, "bottle")] == first
+    refit = Detector(DetectorConfig(), progress=False)
+    refit.fit("bottle", categories["bottle"].train)
+    assert torch.equal(refit.categories_["bottle"].bank, bottle_detector.categories_["bottle"].bank)
