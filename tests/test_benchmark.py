@@ -64,6 +64,8 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
     assert on_disk == res
     assert res["weights"] == {"name": "tiny", "sha256": "0" * 64, "source": "test", "origin": ""}
     assert res["precision"] == "fp32" and res["coreset_ratios"] == [0.25, 0.5] and res["primary"] == "0.25"
+    assert list(res["ablations"]) == ["coreset"]  # several ratios: the 1% vs 10% table comes for free
+    assert list(res["ablations"]["coreset"]["variants"]) == ["0.25", "0.5"]
     assert res["config"]["crop"] == 56 and res["category_names"] == ["gadget", "widget"]
     # headline: class-separated at the primary ratio, with routing accuracy from the routed setting
     routed = res["results"]["routed"]["0.25"]

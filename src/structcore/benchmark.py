@@ -466,7 +466,7 @@ class _Run:
             right = sum(c["routed_to"].get(name, 0) for name, c in r["categories"].items())
             r["mean"]["routing_accuracy_overall"] = right / total if total else None
         ablations = {}
-        if self.ablations.any:
+        if self.ablations.any or len(self.settings) > 1:  # several ratios: the coreset table
             with self.timer("ablations"):
                 ablations = self.finish_ablations()
         timings = self.timings(time.perf_counter() - t_wall)
