@@ -219,10 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_options(p)
     p.set_defaults(func=cmd_predict)
 
-    from . import benchmark, speed
+    from . import benchmark
 
     benchmark.register(sub)
-    speed.register(sub)
     return parser
 
 
