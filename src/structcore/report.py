@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 from .data import load_image  # noqa: E402
 from .features import Preprocess  # noqa: E402
-from .visualize import color_range, cropped_view, heatmap, overlay  # noqa: E402
+from .visualize import color_range, cropped_view, overlay  # noqa: E402
 
 SCORES = ("base", "struct", "hybrid")
 IMAGE_METRICS = ("auroc", "ap", "f1_max")
