@@ -271,7 +271,7 @@ def test_report_on_a_real_tiny_benchmark(synthetic_mvtec, tiny_vit, tmp_path):
         [0.25], precision="fp32", progress=False, feature_cache=None,
         backbone=(tiny_vit, WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")), num_workers=0,
         batch_size=4, dataset="mvtec", data_root=synthetic_mvtec,
-        ablations=benchmark.Ablations(components=True), write_report=False,
+        ablations=benchmark.Ablations(components=True), write_report=False, max_maps=3,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no figure may fail
