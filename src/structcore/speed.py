@@ -1,0 +1,614 @@
+"""``structcore speed``: the paper's Table 4 (test-time latency per image) measured on this machine.
+
+For every backbone x precision x coreset ratio it reports, per test image: feature extraction (backbone,
+fusion and projection), kNN search, post-processing (upsampling, blur, pooling and StructCore scoring),
+their total, images per second, and peak memory (the process's RSS; ``torch.cuda.max_memory_allocated``
+on a GPU). Alongside: the bf16 and fp32 matrix-multiply rates measured in the same run, the analytic
+GFLOP per image of each backbone, and each extraction time as a multiple of the floor those imply
+(GFLOP / matmul rate). Every time is the median of ``--runs`` runs over the same ``--images`` images.
+
+How it runs
+-----------
+* One *fit* process per backbone x precision: extracts the category's train-good features (timed), fits a
+  detector per coreset ratio (greedy coreset timed on its own) and saves each model to ``DIR/models``.
+* One *test* process per backbone x precision x ratio: loads that model, measures the matmul rates, then
+  times ``--runs`` passes over the test images. Images are decoded in background threads
+  (:func:`structcore.data.iter_batches`); the time the loop waits for decoded images is reported, and a
+  configuration counts as compute-bound when that wait is under 5% of the loop.
+
+Each process is started with ``multiprocessing`` (spawn), so the peak RSS of a row is that row's own.
+``--in-process`` runs everything in this process instead (peaks are then cumulative).
+
+Backbones without a weights file here (e.g. ViT-B/14 offline) run with seeded random weights: the time
+of a forward pass does not depend on the weight values, and the rows say ``random init (timing only)``.
+
+Writes ``DIR/speed.json`` and ``DIR/speed.md`` (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import CONFIGS, ViTConfig, build_vit
+from .data import DataError, iter_batches, load_image, load_mvtec
+from .detector import Detector, DetectorConfig
+from .features import FeatureExtractor, resolve_precision
+from .maps import anomaly_maps, pool
+from .weights import WeightsError, WeightsInfo, load_backbone
+
+SCHEMA = 1
+RANDOM_LABEL = "random init (timing only)"
+COMPUTE_BOUND_WAIT = 0.05
+
+
+# -- arithmetic -----------------------------------------------------------------------------------
+def vit_gflops(cfg: ViTConfig, crop: int, blocks: tuple[int, ...] | list[int]) -> float:
+    """Matmul GFLOP per image of a ViT forward up to the deepest of ``blocks`` (multiply-add = 2 FLOP).
+
+    Counts the patch embedding, each block's qkv / output projection / MLP (or SwiGLU) and the
+    attention products QK^T and AV; norms, softmax and activations are not counted.
+    """
+    p = cfg.patch_size
+    patches = (crop // p) ** 2
+    n = 1 + cfg.num_registers + patches
+    d = cfg.embed_dim
+    depth = max(b % cfg.depth for b in blocks) + 1
+    if cfg.swiglu:
+        hidden = (int(cfg.embed_dim * cfg.mlp_ratio * 2 / 3) + 7) // 8 * 8
+        mlp = 2 * n * d * 2 * hidden + 2 * n * hidden * d
+    else:
+        hidden = int(d * cfg.mlp_ratio)
+        mlp = 2 * n * d * hidden * 2
+    block = 2 * n * d * 3 * d + 2 * n * d * d + mlp + 2 * (2 * n * n * d)
+    embed = 2 * patches * d * 3 * p * p
+    return (embed + depth * block) / 1e9
+
+
+def projection_gflops(cfg: ViTConfig, crop: int, n_blocks: int, out_dim: int | None) -> float:
+    """GFLOP per image of the fp32 random projection of the fused features (0 without projection)."""
+    if not out_dim:
+        return 0.0
+    patches = (crop // cfg.patch_size) ** 2
+    return 2 * patches * cfg.embed_dim * n_blocks * out_dim / 1e9
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 2048, repeats: int = 5) -> float:
+    """Measured dense matmul rate (TFLOP/s, median of ``repeats``) for square ``size`` matrices."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    inner = 1 if device.type == "cpu" else 20
+    with torch.inference_mode():
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            _sync(device)
+            times.append((time.perf_counter() - t) / inner)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        amx = "amx_bf16" in text
+    except OSError:
+        amx = False
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "amx_bf16": amx,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# -- backbones ------------------------------------------------------------------------------------
+def get_backbone(name: str, weights: str | None = None, random_weights: bool = False):
+    """(model, WeightsInfo, label): real weights when a file is found, else seeded random ones."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(CONFIGS))}")
+    if not random_weights:
+        try:
+            model, info = load_backbone(name, weights, allow_download=False)
+            return model, info, info.origin or info.source
+        except WeightsError:
+            if weights is not None:
+                raise
+    torch.manual_seed(0)  # the fit and test processes must build the same random model
+    model = build_vit(name).eval().requires_grad_(False)
+    info = WeightsInfo(name=name, path=None, sha256="0" * 64, source="random", origin=RANDOM_LABEL)
+    return model, info, RANDOM_LABEL
+
+
+def _attach(det: Detector, model, info: WeightsInfo) -> FeatureExtractor:
+    """Give a Detector an already built backbone (what ``Detector._get_extractor`` would load)."""
+    det.weights_info_ = info
+    det._ensure_projection(model.cfg.embed_dim * len(det.config.blocks))
+    det._extractor = FeatureExtractor(model, det.config.blocks, det.projection_, det.precision, det.device)
+    return det._extractor
+
+
+# -- the two kinds of job -------------------------------------------------------------------------
+def _setup(spec: dict):
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
+def _config(spec: dict, ratio: float) -> DetectorConfig:
+    return DetectorConfig(**{**spec["config"], "backbone": spec["backbone"], "coreset_ratio": ratio, "coreset_size": None})
+
+
+def fit_job(spec: dict) -> dict:
+    """Extract train features once, fit one detector per coreset ratio, save each to ``spec['models']``."""
+    from . import detector as detector_module
+
+    device = _setup(spec)
+    model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
+    ratios = spec["ratios"]
+    dets = {r: Detector(_config(spec, r), precision=spec["precision"], device=str(device),
+                        batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False) for r in ratios}
+    first = dets[ratios[0]]
+    _attach(first, model, info)
+    paths = [Path(p) for p in spec["train"]]
+    t = time.perf_counter()
+    features = first.extract(paths)
+    extract_s = time.perf_counter() - t
+
+    coreset_times: list[float] = []
+    original = detector_module.greedy_coreset
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            coreset_times.append(time.perf_counter() - t0)
+
+    rows = {}
+    detector_module.greedy_coreset = timed
+    try:
+        for r, det in dets.items():
+            if det is not first:
+                _attach(det, model, info)
+            coreset_times.clear()
+            t = time.perf_counter()
+            fitted = det.fit_features(spec["category"], features, [str(p) for p in paths])
+            fit_s = time.perf_counter() - t
+            det.save(Path(spec["models"]) / _ratio_key(r))
+            rows[_ratio_key(r)] = {
+                "bank_size": len(fitted.bank),
+                "coreset_s": round(sum(coreset_times), 3),
+                "fit_s": round(fit_s, 3),
+            }
+    finally:
+        detector_module.greedy_coreset = original
+    out = {
+        "backbone": spec["backbone"],
+        "weights": label,
+        "precision": first.precision,
+        "train_images": len(paths),
+        "train_patches": int(features.shape[0] * features.shape[1]),
+        "extract_ms_per_image": round(1000 * extract_s / len(paths), 2),
+        "ratios": rows,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def _rates(device: torch.device) -> dict[str, float]:
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    rates = {"fp32": matmul_tflops(torch.float32, device)}
+    if bf16_ok:
+        rates["bf16"] = matmul_tflops(torch.bfloat16, device)
+    return rates
+
+
+def test_job(spec: dict) -> dict:
+    """Time ``spec['runs']`` passes of extract -> kNN -> post over the test images of one model."""
+    device = _setup(spec)
+    model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
+    det = Detector.load(Path(spec["model"]), precision=spec["precision"], device=str(device),
+                        batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False)
+    extractor = _attach(det, model, info)
+    cfg = det.config
+    category = spec["category"]
+    bank = det._bank(category)
+    calibration = det.categories_[category].calibration
+    paths = [Path(p) for p in spec["test"]]
+    size = (cfg.crop, cfg.crop)
+
+    rate_samples = [_rates(device)]
+
+    def one_pass() -> dict:
+        t_ex = t_knn = t_post = t_wait = 0.0
+        start = time.perf_counter()
+        batches = iter_batches(paths, cfg.preprocess, spec["batch_size"], spec["workers"])
+        while True:
+            t = time.perf_counter()
+            try:
+                _, images = next(batches)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            t_wait += t1 - t
+            feats = extractor(images)
+            _sync(device)
+            feats = feats.cpu()
+            t2 = time.perf_counter()
+            grids = det._patch_grids(bank, feats)
+            t3 = time.perf_counter()
+            maps = anomaly_maps(grids, size, cfg.sigma)
+            calibration.scores(det._descriptor_input(maps, grids), pool(maps, cfg.pooling))
+            t4 = time.perf_counter()
+            t_ex += t2 - t1
+            t_knn += t3 - t2
+            t_post += t4 - t3
+        wall = time.perf_counter() - start
+        n = len(paths)
+        return {
+            "extract_ms": 1000 * t_ex / n,
+            "knn_ms": 1000 * t_knn / n,
+            "post_ms": 1000 * t_post / n,
+            "total_ms": 1000 * (t_ex + t_knn + t_post) / n,
+            "wait_ms": 1000 * t_wait / n,
+            "wall_ms": 1000 * wall / n,
+        }
+
+    # decode once (timed serially), for the compute-only extraction pass
+    t = time.perf_counter()
+    decoded = [cfg.preprocess(load_image(p)) for p in paths]
+    decode_ms = 1000 * (time.perf_counter() - t) / len(paths)
+    bs = spec["batch_size"]
+    ready = [torch.stack(decoded[i : i + bs]) for i in range(0, len(decoded), bs)]
+    del decoded
+
+    def compute_pass() -> float:
+        total = 0.0
+        for images in ready:
+            t = time.perf_counter()
+            feats = extractor(images)
+            _sync(device)
+            feats.cpu()
+            total += time.perf_counter() - t
+        return 1000 * total / len(paths)
+
+    # warm-up: one batch through everything (allocator, oneDNN primitives, faiss)
+    with torch.inference_mode():
+        det._patch_grids(bank, extractor(ready[0]).cpu())
+    runs = []
+    for _ in range(spec["runs"]):
+        compute_ms = compute_pass()
+        runs.append({**one_pass(), "extract_compute_ms": compute_ms})
+    rate_samples.append(_rates(device))
+
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    rates = {k: statistics.median(s[k] for s in rate_samples) for k in rate_samples[0]}
+    precision = det.precision
+    gflop = vit_gflops(model.cfg, cfg.crop, cfg.blocks)
+    proj_gflop = projection_gflops(model.cfg, cfg.crop, len(cfg.blocks), cfg.projection_dim)
+    rate = rates.get(precision, rates["fp32"])
+    floor_ms = 1000 * (gflop / 1e3 / rate + proj_gflop / 1e3 / rates["fp32"])
+
+    out = {
+        "backbone": spec["backbone"],
+        "weights": label,
+        "precision": precision,
+        "device": str(device),
+        "coreset_ratio": spec["ratio"],
+        "bank_size": len(bank),
+        "images": len(paths),
+        "batch_size": spec["batch_size"],
+        "runs": len(runs),
+        **{k: round(v, 2) for k, v in med.items() if k not in ("wait_ms", "wall_ms")},
+        "decode_overlap_slowdown": round(med["extract_ms"] / med["extract_compute_ms"], 3),
+        "images_per_s": round(1000 / med["total_ms"], 2),
+        "pipeline_images_per_s": round(1000 / med["wall_ms"], 2),
+        "data_wait_ms": round(med["wait_ms"], 2),
+        "data_wait_fraction": round(med["wait_ms"] / med["wall_ms"], 4),
+        "compute_bound": med["wait_ms"] / med["wall_ms"] < COMPUTE_BOUND_WAIT,
+        "decode_ms_per_image": round(decode_ms, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "backbone_gflop_per_image": round(gflop, 2),
+        "projection_gflop_per_image": round(proj_gflop, 3),
+        "matmul_tflops": {k: round(v, 4) for k, v in rates.items()},
+        "floor_ms": round(floor_ms, 2),
+        "extract_x_floor": round(med["extract_ms"] / floor_ms, 2),
+        "extract_compute_x_floor": round(med["extract_compute_ms"] / floor_ms, 2),
+        "per_run": [{k: round(v, 2) for k, v in r.items()} for r in runs],
+    }
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def _ratio_key(r: float) -> str:
+    return f"{float(r):g}"
+
+
+# -- running jobs -----------------------------------------------------------------------------------
+def _child(conn, job: str, spec: dict):
+    try:
+        result = {"fit": fit_job, "test": test_job}[job](spec)
+        conn.send(("ok", result))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_job(job: str, spec: dict, isolate: bool = True) -> dict:
+    """Run ``fit_job``/``test_job`` in a fresh spawned process (``isolate``) or here."""
+    if not isolate:
+        return {"fit": fit_job, "test": test_job}[job](spec)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, job, spec), daemon=False)
+    proc.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the {job} process for {spec['backbone']} {spec['precision']} died (exit code {proc.exitcode})")
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"the {job} process for {spec['backbone']} {spec['precision']} failed:\n{payload}")
+    return payload
+
+
+def _log(msg: str, quiet: bool):
+    if not quiet:
+        print(f"[speed] {msg}", file=sys.stderr, flush=True)
+
+
+def run_speed(
+    data: str | Path,
+    category: str,
+    out: str | Path,
+    backbones=("dinov2_vits14",),
+    precisions=("bf16",),
+    coreset_ratios=(0.01, 0.05, 0.1),
+    runs: int = 3,
+    images: int | None = 32,
+    train_images: int | None = None,
+    config: DetectorConfig | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    threads: int | None = None,
+    weights: dict[str, str] | None = None,
+    random_weights: bool = False,
+    isolate: bool = True,
+    quiet: bool = False,
+) -> dict:
+    """Measure every backbone x precision x ratio; write ``out/speed.json`` and ``out/speed.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    (cat,) = load_mvtec(Path(data), [category])
+    train = [str(s) for s in cat.train][: train_images or None]
+    if images is not None and images < len(cat.test):
+        pick = np.linspace(0, len(cat.test) - 1, images).round().astype(int)
+        test = [str(cat.test[i].path) for i in pick]
+    else:
+        test = [str(s.path) for s in cat.test]
+    if len(train) < 2 or not test:
+        raise DataError(f"{category}: need at least 2 train images and 1 test image")
+    base = asdict(config or DetectorConfig())
+    base.pop("backbone")
+    common = dict(category=category, config=base, device=str(dev), batch_size=batch_size, workers=workers,
+                  threads=threads, random_weights=random_weights, runs=runs)
+    fits, rows = [], []
+    started = time.perf_counter()
+    for name in backbones:
+        for precision in precisions:
+            precision = resolve_precision(precision, dev)
+            spec = {**common, "backbone": name, "precision": precision, "weights": (weights or {}).get(name),
+                    "ratios": [float(r) for r in coreset_ratios], "train": train,
+                    "models": str(out / "models" / f"{name}_{precision}")}
+            _log(f"fit {name} {precision}: {len(train)} train images, ratios {list(coreset_ratios)}", quiet)
+            fit = run_job("fit", spec, isolate)
+            fits.append(fit)
+            _log(f"  train extraction {fit['extract_ms_per_image']} ms/img, "
+                 + ", ".join(f"{k}: coreset {v['coreset_s']} s" for k, v in fit["ratios"].items()), quiet)
+            for r in coreset_ratios:
+                tspec = {**common, "backbone": name, "precision": precision, "weights": spec["weights"],
+                         "ratio": float(r), "test": test, "model": str(Path(spec["models"]) / _ratio_key(r))}
+                row = run_job("test", tspec, isolate)
+                rows.append(row)
+                _log(f"  {name} {precision} {r:g}: extract {row['extract_ms']} kNN {row['knn_ms']} post "
+                     f"{row['post_ms']} ms/img ({row['extract_x_floor']}x floor), peak RSS {row['peak_rss_mb']} MB",
+                     quiet)
+    rates: dict[str, list[float]] = {}
+    for row in rows:
+        for k, v in row["matmul_tflops"].items():
+            rates.setdefault(k, []).append(v)
+    result = {
+        "schema": SCHEMA,
+        "category": category,
+        "data_root": str(data),
+        "machine": machine_info(dev),
+        "settings": {
+            "images": len(test), "train_images": len(train), "runs": runs, "batch_size": batch_size,
+            "workers": workers, "threads": threads or torch.get_num_threads(), "isolated_processes": isolate,
+            "crop": base["crop"], "resize": base["resize"], "blocks": list(base["blocks"]),
+            "projection_dim": base["projection_dim"], "k": base["k"], "sigma": base["sigma"],
+        },
+        "matmul_tflops": {k: round(statistics.median(v), 4) for k, v in rates.items()},
+        "rows": rows,
+        "fit": fits,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (out / "speed.md").write_text(md)
+    return result
+
+
+# -- output -------------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    """The Table 4 layout (plus floors and fit times) as Markdown."""
+    m, s = result["machine"], result["settings"]
+    rates = ", ".join(f"{k} {v:.3f}" for k, v in result["matmul_tflops"].items())
+    gpu = any("cuda_peak_mb" in r for r in result["rows"])
+    header = ["backbone", "weights", "precision", "coreset", "bank", "extract (ms)", "kNN (ms)", "post (ms)",
+              "total (ms)", "img/s", "pipeline img/s", "peak RSS (MB)"]
+    header += ["GPU peak (MB)"] if gpu else []
+    header += ["GFLOP/img", "floor (ms)", "extract, no decoding (ms)", "that / floor", "decode wait"]
+    rows = []
+    for r in result["rows"]:
+        row = [r["backbone"], r["weights"], r["precision"], f"{100 * r['coreset_ratio']:g}%", str(r["bank_size"]),
+               f"{r['extract_ms']:.1f}", f"{r['knn_ms']:.2f}", f"{r['post_ms']:.2f}", f"{r['total_ms']:.1f}",
+               f"{r['images_per_s']:.2f}", f"{r['pipeline_images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}"]
+        row += [f"{r.get('cuda_peak_mb', 0):.0f}"] if gpu else []
+        row += [f"{r['backbone_gflop_per_image'] + r['projection_gflop_per_image']:.1f}", f"{r['floor_ms']:.1f}",
+                f"{r['extract_compute_ms']:.1f}", f"{r['extract_compute_x_floor']:.2f}x",
+                f"{100 * r['data_wait_fraction']:.1f}%"]
+        rows.append(row)
+    fit_rows = []
+    for f in result["fit"]:
+        for ratio, v in f["ratios"].items():
+            fit_rows.append([f["backbone"], f["weights"], f["precision"], f"{100 * float(ratio):g}%", str(v["bank_size"]),
+                             f"{f['extract_ms_per_image']:.1f}", f"{v['coreset_s']:.1f}", f"{v['fit_s']:.1f}",
+                             f"{f['peak_rss_mb']:.0f}"])
+    text = [
+        f"# Speed: {result['category']} ({s['images']} test images, median of {s['runs']} runs)",
+        "",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({s['threads']} threads), device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "") + f"; batch {s['batch_size']}, {s['workers']} decoding threads.",
+        f"Matmul rate measured in this run (TFLOP/s): {rates}.",
+        "",
+        "Per test image. Extract = backbone + fusion + projection, while the next images are decoded in "
+        "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
+        "Pipeline img/s also counts the time spent waiting for decoded images (decode wait, as a share of the "
+        "loop: under 5% means compute-bound). Extract, no decoding = the same batches already decoded. "
+        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate.",
+        "",
+        _table(header, rows),
+        "",
+        f"## Fit ({result['fit'][0]['train_images'] if result['fit'] else 0} train images)",
+        "",
+        _table(["backbone", "weights", "precision", "coreset", "bank", "train extract (ms/img)", "coreset (s)",
+                "fit total (s)", "fit peak RSS (MB)"], fit_rows),
+        "",
+    ]
+    return "\n".join(text)
+
+
+# -- command line -------------------------------------------------------------------------------------
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "speed",
+        help="time extraction, kNN and post-processing per image (the paper's Table 4) on this machine",
+        description=__doc__.split("\n\n")[0],
+    )
+    d = DetectorConfig()
+    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    p.add_argument("--category", default="bottle")
+    p.add_argument("--backbones", nargs="+", default=["dinov2_vits14"], help="e.g. dinov2_vits14 dinov2_vitb14")
+    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--coreset-ratios", type=float, nargs="+", default=[0.01, 0.05, 0.1])
+    p.add_argument("--runs", type=int, default=3, help="timed passes over the test images; medians are reported")
+    p.add_argument("--images", type=int, default=32, help="test images per pass (evenly spread; 0 = all)")
+    p.add_argument("--train-images", type=int, default=None, help="train images to fit on (default: all)")
+    p.add_argument("--out", required=True, help="output folder (speed.json, speed.md, models/)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="NAME=FILE", help="weights file per backbone")
+    p.add_argument("--random-weights", action="store_true", help="random weights for every backbone (timing only)")
+    p.add_argument("--resize", type=int, default=d.resize)
+    p.add_argument("--crop", type=int, default=d.crop)
+    p.add_argument("--blocks", type=int, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
+    p.add_argument("--projection-dim", type=int, default=d.projection_dim, help="random projection width; 0 = off")
+    p.add_argument("--in-process", action="store_true", help="no subprocesses (peak RSS is then cumulative)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_speed)
+    return p
+
+
+def cmd_speed(args):
+    weights = {}
+    for item in args.weights:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise ValueError(f"--weights takes NAME=FILE, got {item!r}")
+        weights[name] = file
+    config = replace(DetectorConfig(), resize=args.resize, crop=args.crop, blocks=tuple(args.blocks),
+                     projection_dim=args.projection_dim or None)
+    result = run_speed(
+        args.data, args.category, args.out, args.backbones, args.precisions, args.coreset_ratios, args.runs,
+        args.images or None, args.train_images, config, args.device, args.batch_size, args.workers, args.threads,
+        weights, args.random_weights, not args.in_process, args.quiet,
+    )
+    print(markdown(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="structcore-speed")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["speed", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        args.func(args)
+    except (DataError, WeightsError, ValueError) as e:
+        print(f"structcore speed: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

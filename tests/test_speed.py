@@ -1,0 +1,84 @@
+"""``structcore speed``: the command runs end to end and writes the Table 4 JSON/Markdown (no timing checks)."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from structcore import speed
+from structcore.backbone import CONFIGS, ViTConfig
+from structcore.weights import WeightsInfo
+
+ROW_KEYS = {
+    "backbone", "weights", "precision", "device", "coreset_ratio", "bank_size", "images", "batch_size", "runs",
+    "extract_ms", "extract_compute_ms", "knn_ms", "post_ms", "total_ms", "images_per_s", "pipeline_images_per_s",
+    "data_wait_ms", "data_wait_fraction", "compute_bound", "decode_ms_per_image", "decode_overlap_slowdown",
+    "peak_rss_mb", "backbone_gflop_per_image", "projection_gflop_per_image", "matmul_tflops", "floor_ms",
+    "extract_x_floor", "extract_compute_x_floor", "per_run",
+}
+FIT_KEYS = {"backbone", "weights", "precision", "train_images", "train_patches", "extract_ms_per_image", "ratios",
+            "peak_rss_mb"}
+
+
+def test_vit_gflops_matches_the_spec():
+    # spec.md: about 44 GFLOP per image for ViT-S/14 at 392 px, about 156 for ViT-B/14
+    blocks = (-1, -3, -6, -9, -12)
+    assert speed.vit_gflops(CONFIGS["dinov2_vits14"], 392, blocks) == pytest.approx(45.05, abs=0.05)
+    assert speed.vit_gflops(CONFIGS["dinov2_vitb14"], 392, blocks) == pytest.approx(156.8, abs=0.1)
+    # only the blocks up to the deepest one asked for run
+    cfg = ViTConfig(embed_dim=48, depth=4, num_heads=3)
+    assert speed.vit_gflops(cfg, 56, (0,)) < speed.vit_gflops(cfg, 56, (-1,))
+    assert speed.projection_gflops(CONFIGS["dinov2_vits14"], 392, 5, 512) == pytest.approx(1.541, abs=1e-3)
+    assert speed.projection_gflops(CONFIGS["dinov2_vits14"], 392, 5, None) == 0.0
+
+
+def test_matmul_rate_is_positive():
+    assert speed.matmul_tflops(torch.float32, "cpu", size=128, repeats=2) > 0
+
+
+def test_speed_command_in_process(synthetic_mvtec, tiny_vit, tmp_path, monkeypatch, capsys):
+    info = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
+    monkeypatch.setattr(speed, "get_backbone", lambda name, weights=None, random_weights=False: (tiny_vit, info, "tiny"))
+    parser = argparse.ArgumentParser()
+    speed.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "speed"
+    args = parser.parse_args([
+        "speed", "--data", str(synthetic_mvtec), "--category", "widget", "--backbones", "dinov2_vits14",
+        "--precisions", "fp32", "bf16", "--coreset-ratios", "0.25", "0.5", "--runs", "2", "--images", "4",
+        "--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--batch-size", "2", "--workers", "1", "--in-process", "--quiet",
+        "--out", str(out),
+    ])
+    args.func(args)
+    printed = capsys.readouterr().out
+    result = json.loads((out / "speed.json").read_text())
+    assert result["schema"] == speed.SCHEMA and result["category"] == "widget"
+    assert set(result["matmul_tflops"]) == {"fp32", "bf16"}
+    assert len(result["rows"]) == 4 and len(result["fit"]) == 2
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert len(row["per_run"]) == 2 and row["images"] == 4
+        assert row["total_ms"] == pytest.approx(row["extract_ms"] + row["knn_ms"] + row["post_ms"], abs=0.05)
+    assert {(r["precision"], r["coreset_ratio"]) for r in result["rows"]} == {
+        (p, c) for p in ("fp32", "bf16") for c in (0.25, 0.5)
+    }
+    for fit in result["fit"]:
+        assert FIT_KEYS <= set(fit)
+        assert set(fit["ratios"]) == {"0.25", "0.5"}
+        assert fit["ratios"]["0.25"]["bank_size"] < fit["ratios"]["0.5"]["bank_size"]
+    md = (out / "speed.md").read_text()
+    assert md in printed and "| dinov2_vits14 | tiny | bf16 | 50% |" in md
+
+
+def test_speed_in_subprocesses(synthetic_mvtec, tmp_path):
+    """The default mode: fit and test jobs in spawned processes (random ViT-S weights, 28 px crops)."""
+    result = speed.run_speed(
+        synthetic_mvtec, "widget", tmp_path / "speed", backbones=("dinov2_vits14",), precisions=("fp32",),
+        coreset_ratios=(0.5,), runs=1, images=2,
+        config=speed.DetectorConfig(resize=32, crop=28, projection_dim=16), batch_size=2, workers=1,
+        random_weights=True, quiet=True,
+    )
+    (row,) = result["rows"]
+    assert row["weights"] == speed.RANDOM_LABEL and row["peak_rss_mb"] > 0
+    assert result["settings"]["isolated_processes"] is True
+    assert (tmp_path / "speed" / "speed.md").is_file()
