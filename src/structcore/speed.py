@@ -136,6 +136,8 @@ def machine_info(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "device": str(device),
+        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -150,7 +152,7 @@ def get_backbone(name: str, weights: str | None = None, random_weights: bool = F
     if not random_weights:
         try:
             model, info = load_backbone(name, weights, allow_download=False)
-            return model, info, info.origin or info.source
+            return model, info, (info.origin.split(":")[0] or info.source) if info.origin else info.source
         except WeightsError:
             if weights is not None:
                 raise
@@ -445,6 +447,7 @@ def run_speed(
     common = dict(category=category, config=base, device=str(dev), batch_size=batch_size, workers=workers,
                   threads=threads, random_weights=random_weights, runs=runs)
     fits, rows = [], []
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     started = time.perf_counter()
     for name in backbones:
         for precision in precisions:
@@ -473,7 +476,7 @@ def run_speed(
         "schema": SCHEMA,
         "category": category,
         "data_root": str(data),
-        "machine": machine_info(dev),
+        "machine": {**machine_info(dev), "load_average_at_start": load_at_start},
         "settings": {
             "images": len(test), "train_images": len(train), "runs": runs, "batch_size": batch_size,
             "workers": workers, "threads": threads or torch.get_num_threads(), "isolated_processes": isolate,
@@ -528,7 +531,8 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({s['threads']} threads), device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f"; batch {s['batch_size']}, {s['workers']} decoding threads.",
-        f"Matmul rate measured in this run (TFLOP/s): {rates}.",
+        f"Matmul rate measured in this run (TFLOP/s): {rates}. Load average at start / end: "
+        f"{m.get('load_average_at_start')} / {m.get('load_average')}.",
         "",
         "Per test image. Extract = backbone + fusion + projection, while the next images are decoded in "
         "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
