@@ -1,4 +1,4 @@
-"""Compare benchmarks/coreset_fast.greedy_coreset with structcore.coreset.greedy_coreset on real features.
+"""Compare the screened and the plain greedy coreset loop (structcore.coreset) on real features.
 
     python benchmarks/coreset_check.py --features /tmp/feats/bottle_fp32.pt --ratios 0.01 0.1 [--skip-plain]
 
@@ -7,16 +7,12 @@ Prints both times, whether the selection sequences are identical, and the prunin
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coreset_fast import greedy_coreset as fast_coreset  # noqa: E402
-
-from structcore.coreset import coreset_size, greedy_coreset  # noqa: E402
+from structcore.coreset import coreset_size, greedy_coreset
 
 
 def main():
@@ -41,24 +37,23 @@ def main():
             plain, t_plain = torch.tensor(cache[key]["sel"]), cache[key]["s"]
         else:
             t = time.perf_counter()
-            plain = greedy_coreset(flat, m)
+            plain = greedy_coreset(flat, m, screened=False)
             t_plain = time.perf_counter() - t
             cache[key] = {"sel": plain.tolist(), "s": t_plain}
             if a.plain_cache:
                 Path(a.plain_cache).write_text(json.dumps(cache))
         for _ in range(1):
-            st = {}
             times = []
             for _ in range(a.repeats):
                 t = time.perf_counter()
-                fast = fast_coreset(flat, m, stats=st)
+                fast = greedy_coreset(flat, m, screened=True)
                 times.append(time.perf_counter() - t)
             t_fast = sorted(times)[len(times) // 2]
             same = torch.equal(fast, plain)
             first_diff = None if same else int((fast != plain).nonzero()[0])
             row = dict(features=a.features, threads=torch.get_num_threads(), n=len(flat), ratio=r, n_select=m, plain_s=round(t_plain, 2),
                        fast_s=round(t_fast, 2), speedup=round(t_plain / t_fast, 1), identical=same,
-                       first_difference=first_diff, overlap=len(set(fast.tolist()) & set(plain.tolist())) / m, **st)
+                       first_difference=first_diff, overlap=len(set(fast.tolist()) & set(plain.tolist())) / m)
             print(json.dumps(row), flush=True)
             results.append(row)
     if a.out:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from structcore import coreset
 from structcore.coreset import coreset_size, greedy_coreset
 from structcore.features import random_projection
 
@@ -55,3 +56,24 @@ def test_sizes():
     with pytest.raises(ValueError):
         coreset_size(10, ratio=1.5)
     assert torch.equal(greedy_coreset(torch.randn(7, 4), 10), torch.arange(7))
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_screened_loop_makes_the_plain_loops_selections(bf16, monkeypatch):
+    # clustered data like patch features: a few hundred selections over several thousand points
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(40, 256, generator=g) * 3
+    x = centers[torch.randint(0, 40, (6000,), generator=g)] + torch.randn(6000, 256, generator=g)
+    monkeypatch.setattr(coreset, "cpu_has_bf16_matmul", lambda: bf16)
+    plain = greedy_coreset(x, 300, seed=4, screened=False)
+    screened = greedy_coreset(x, 300, seed=4, screened=True)
+    assert torch.equal(plain, screened)
+    assert len(set(screened.tolist())) == 300
+
+
+def test_screened_loop_handles_duplicate_points():
+    # 50 exact copies of 100 points: the first 100 selections take one copy of each point, as the plain loop
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(2)).repeat(50, 1)
+    chosen = greedy_coreset(x, 100, seed=0, screened=True)
+    assert len({int(i) % 100 for i in chosen}) == 100
+    assert torch.equal(chosen, greedy_coreset(x, 100, seed=0, screened=False))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import convolve1d, zoom
+from scipy.ndimage import convolve1d
 
 from structcore.maps import anomaly_maps, pool
 

@@ -394,6 +394,7 @@ class _Run:
         dataset,
         data_root,
         write_report=True,
+        compile=False,
     ):
         self.write_report = write_report
         self.cats = categories
@@ -412,7 +413,7 @@ class _Run:
         if backbone is None:
             backbone = detector_module.load_backbone(config.backbone, weights)
         self.backbone, self.weights_info = backbone
-        self.extractor = FeatureExtractor(self.backbone, config.blocks, None, self.precision, self.device)
+        self.extractor = FeatureExtractor(self.backbone, config.blocks, None, self.precision, self.device, compile)
         self.context = CacheContext(config.backbone, self.weights_info.sha256, config.preprocess, self.precision, self.device.type)
         folder = default_folder() if isinstance(feature_cache, str) and feature_cache == "default" else feature_cache
         self.cache = FeatureCache(folder)
@@ -876,6 +877,7 @@ def run_benchmark(
     dataset: str = "custom",
     data_root: str | Path | None = None,
     write_report: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Run the benchmark on loaded categories and write everything under ``out``; returns results.json's dict.
 
@@ -888,6 +890,7 @@ def run_benchmark(
     run = _Run(
         categories, Path(out), config or DetectorConfig(), coreset_ratios, weights, precision, device, batch_size,
         num_workers, progress, feature_cache, ablations, backbone, max_maps, dataset, data_root, write_report,
+        compile,
     )
     return run.run()
 
@@ -1104,7 +1107,7 @@ def cmd_benchmark(args):
         cats, Path(args.out), config, args.coreset_ratios, ablations=ablations_from_args(args), feature_cache=cache,
         dataset=args.dataset, data_root=args.data, weights=rt["weights"], precision=rt["precision"],
         device=rt["device"], batch_size=rt["batch_size"], num_workers=rt["num_workers"], progress=rt["progress"],
-        max_maps=args.max_maps, write_report=not args.no_report,
+        max_maps=args.max_maps, write_report=not args.no_report, compile=rt["compile"],
     )
 
 

@@ -131,8 +131,10 @@ class Detector:
         knn_backend: str = "auto",
         num_workers: int = 2,
         progress: bool = True,
+        compile: bool = False,
     ):
         self.config = config or DetectorConfig()
+        self.compile = compile
         self.weights = weights
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.precision = resolve_precision(precision, self.device)
@@ -159,7 +161,7 @@ class Detector:
             self.weights_info_ = info
             self._ensure_projection(backbone.cfg.embed_dim * len(self.config.blocks))
             self._extractor = FeatureExtractor(
-                backbone, self.config.blocks, self.projection_, self.precision, self.device
+                backbone, self.config.blocks, self.projection_, self.precision, self.device, self.compile
             )
         return self._extractor
 

@@ -16,6 +16,9 @@ How it runs
   (:func:`structcore.data.iter_batches`); the time the loop waits for decoded images is reported, and a
   configuration counts as compute-bound when that wait is under 5% of the loop.
 
+``--compile on|both`` times the test pass with the backbone under ``torch.compile`` too (compiled during the
+untimed warm-up batch; the fit process always runs eagerly).
+
 Each process is started with ``multiprocessing`` (spawn), so the peak RSS of a row is that row's own.
 ``--in-process`` runs everything in this process instead (peaks are then cumulative).
 
@@ -125,13 +128,13 @@ def machine_info(device: torch.device) -> dict:
             text = f.read()
         names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
-        amx = "amx_bf16" in text
+        bf16_flags = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in text})
     except OSError:
-        amx = False
+        bf16_flags = []
     info = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "amx_bf16": amx,
+        "bf16_cpu_flags": bf16_flags,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -166,7 +169,7 @@ def _attach(det: Detector, model, info: WeightsInfo) -> FeatureExtractor:
     """Give a Detector an already built backbone (what ``Detector._get_extractor`` would load)."""
     det.weights_info_ = info
     det._ensure_projection(model.cfg.embed_dim * len(det.config.blocks))
-    det._extractor = FeatureExtractor(model, det.config.blocks, det.projection_, det.precision, det.device)
+    det._extractor = FeatureExtractor(model, det.config.blocks, det.projection_, det.precision, det.device, det.compile)
     return det._extractor
 
 
@@ -256,7 +259,8 @@ def test_job(spec: dict) -> dict:
     device = _setup(spec)
     model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
     det = Detector.load(Path(spec["model"]), precision=spec["precision"], device=str(device),
-                        batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False)
+                        batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False,
+                        compile=spec.get("compile", False))
     extractor = _attach(det, model, info)
     cfg = det.config
     category = spec["category"]
@@ -320,7 +324,7 @@ def test_job(spec: dict) -> dict:
             total += time.perf_counter() - t
         return 1000 * total / len(paths)
 
-    # warm-up: one batch through everything (allocator, oneDNN primitives, faiss)
+    # warm-up: one batch through everything (allocator, oneDNN primitives, faiss; torch.compile's compilation)
     with torch.inference_mode():
         det._patch_grids(bank, extractor(ready[0]).cpu())
     runs = []
@@ -341,6 +345,7 @@ def test_job(spec: dict) -> dict:
         "backbone": spec["backbone"],
         "weights": label,
         "precision": precision,
+        "compiled": det.compile,
         "device": str(device),
         "coreset_ratio": spec["ratio"],
         "bank_size": len(bank),
@@ -428,6 +433,7 @@ def run_speed(
     random_weights: bool = False,
     isolate: bool = True,
     quiet: bool = False,
+    compile_modes=(False,),
 ) -> dict:
     """Measure every backbone x precision x ratio; write ``out/speed.json`` and ``out/speed.md``."""
     out = Path(out)
@@ -460,12 +466,12 @@ def run_speed(
             fits.append(fit)
             _log(f"  train extraction {fit['extract_ms_per_image']} ms/img, "
                  + ", ".join(f"{k}: coreset {v['coreset_s']} s" for k, v in fit["ratios"].items()), quiet)
-            for r in coreset_ratios:
-                tspec = {**common, "backbone": name, "precision": precision, "weights": spec["weights"],
+            for compiled, r in [(c, r) for c in compile_modes for r in coreset_ratios]:
+                tspec = {**common, "backbone": name, "precision": precision, "weights": spec["weights"], "compile": compiled,
                          "ratio": float(r), "test": test, "model": str(Path(spec["models"]) / _ratio_key(r))}
                 row = run_job("test", tspec, isolate)
                 rows.append(row)
-                _log(f"  {name} {precision} {r:g}: extract {row['extract_ms']} kNN {row['knn_ms']} post "
+                _log(f"  {name} {precision}{' compiled' if compiled else ''} {r:g}: extract {row['extract_ms']} kNN {row['knn_ms']} post "
                      f"{row['post_ms']} ms/img ({row['extract_x_floor']}x floor), peak RSS {row['peak_rss_mb']} MB",
                      quiet)
     rates: dict[str, list[float]] = {}
@@ -512,7 +518,7 @@ def markdown(result: dict) -> str:
     header += ["GFLOP/img", "floor (ms)", "extract, no decoding (ms)", "that / floor", "decode wait"]
     rows = []
     for r in result["rows"]:
-        row = [r["backbone"], r["weights"], r["precision"], f"{100 * r['coreset_ratio']:g}%", str(r["bank_size"]),
+        row = [r["backbone"], r["weights"], r["precision"] + (" compiled" if r["compiled"] else ""), f"{100 * r['coreset_ratio']:g}%", str(r["bank_size"]),
                f"{r['extract_ms']:.1f}", f"{r['knn_ms']:.2f}", f"{r['post_ms']:.2f}", f"{r['total_ms']:.1f}",
                f"{r['images_per_s']:.2f}", f"{r['pipeline_images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}"]
         row += [f"{r.get('cuda_peak_mb', 0):.0f}"] if gpu else []
@@ -578,6 +584,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=d.crop)
     p.add_argument("--blocks", type=int, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
     p.add_argument("--projection-dim", type=int, default=d.projection_dim, help="random projection width; 0 = off")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                   help="time the test pass with the backbone under torch.compile (on), without (off), or both")
     p.add_argument("--in-process", action="store_true", help="no subprocesses (peak RSS is then cumulative)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_speed)
@@ -597,22 +605,7 @@ def cmd_speed(args):
         args.data, args.category, args.out, args.backbones, args.precisions, args.coreset_ratios, args.runs,
         args.images or None, args.train_images, config, args.device, args.batch_size, args.workers, args.threads,
         weights, args.random_weights, not args.in_process, args.quiet,
+        {"off": (False,), "on": (True,), "both": (False, True)}[args.compile],
     )
     print(markdown(result))
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structcore-speed")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["speed", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        args.func(args)
-    except (DataError, WeightsError, ValueError) as e:
-        print(f"structcore speed: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
