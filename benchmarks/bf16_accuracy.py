@@ -1,6 +1,6 @@
 """What bf16 extraction costs in accuracy: fp32 vs bf16 features, own banks and crossed banks.
 
-    python benchmarks/bottle_features.py --data ROOT --categories bottle screw --out FEATS
+    python benchmarks/mvtec_features.py --data ROOT --categories bottle screw --out FEATS
     python benchmarks/bf16_accuracy.py --data ROOT --categories bottle screw --features FEATS \
         --coreset-ratios 0.01 0.1 --out /work/runs/speed
 
@@ -52,7 +52,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--categories", nargs="+", default=["bottle", "screw"])
-    ap.add_argument("--features", required=True, help="folder written by bottle_features.py")
+    ap.add_argument("--features", required=True, help="folder written by mvtec_features.py")
     ap.add_argument("--coreset-ratios", type=float, nargs="+", default=[0.01, 0.1])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()

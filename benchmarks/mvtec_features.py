@@ -1,6 +1,6 @@
 """Projected StructCore features of MVTec categories in fp32 and bf16, via the shared token cache.
 
-    python benchmarks/bottle_features.py --data /work/shared/data/mvtec_ad --categories bottle screw \
+    python benchmarks/mvtec_features.py --data /work/shared/data/mvtec_ad --categories bottle screw \
         --precisions fp32 bf16 --out /tmp/feats
 
 Writes OUT/<category>_<precision>.pt = {"train": [N, P, D], "test": [M, P, D], "labels": [M], "test_paths": [...]}
