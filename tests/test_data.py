@@ -255,6 +255,18 @@ def test_list_images_sorted_filtered(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "c.tif"]
 
 
+def test_list_images_recursive_skips_hidden_folders(tmp_path):
+    for rel in ["good/000.png", "crack/000.png", "crack/deep/001.jpg", ".cache/x.png", "top.bmp"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)]
+    assert got == ["crack/000.png", "crack/deep/001.jpg", "good/000.png", "top.bmp"]
+    assert [p.name for p in list_images(tmp_path)] == ["top.bmp"]
+    (tmp_path / "top.bmp").unlink()
+    with pytest.raises(DataError, match="did you mean"):
+        list_images(tmp_path)
+
+
 def test_list_images_empty_and_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,6 +64,10 @@ def test_same_seed_same_scores_and_reload_is_identical(synthetic_mvtec, tiny_bac
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["weights"]["sha256"] == "0" * 64
     assert manifest["categories"]["widget"]["thresholds"].keys() == {"base", "struct", "hybrid"}
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (tmp_path / "model").iterdir():  # every file gets the mode the umask gives new files
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
 def test_adding_a_category_leaves_the_others_untouched_and_routing(synthetic_mvtec, tiny_backbone, tmp_path):

@@ -135,7 +135,7 @@ def _collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths.extend(list_images(p))
+            paths.extend(list_images(p, recursive=True))
         elif p.is_file():
             paths.append(p)
         else:
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score images with a fitted model")
     p.add_argument("--model", required=True)
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--category", help="category of all inputs (default: routed per image)")
     p.add_argument("--out", default="predictions", help="output folder (default %(default)s)")
     add_runtime_options(p)

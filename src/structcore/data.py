@@ -195,21 +195,25 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Sorted image files (extensions in :data:`IMAGE_EXTENSIONS`, any case) directly in ``folder``.
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files (extensions in :data:`IMAGE_EXTENSIONS`, any case) in ``folder``.
 
-    Hidden files (``.name``, including macOS ``._name`` files) are skipped; subfolders are not searched.
-    A missing folder, or one without images, raises :class:`DataError`.
+    Hidden files and folders (``.name``, including macOS ``._name`` files) are skipped; subfolders are
+    searched only when ``recursive``. A missing folder, or one without images, raises :class:`DataError`.
     """
     folder = Path(folder)
     if not folder.exists():
         raise DataError(f"{folder}: folder does not exist")
     if not folder.is_dir():
         raise DataError(f"{folder}: is a file, expected a folder of images")
-    images = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    if recursive:
+        found = (p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    else:
+        found = folder.iterdir()
+    images = sorted(p for p in found if _is_image_file(p))
     if not images:
         hint = ""
-        subs = _subfolders(folder)
+        subs = [] if recursive else _subfolders(folder)
         if subs:
             names = ", ".join(p.name for p in subs[:5]) + (", ..." if len(subs) > 5 else "")
             hint = f"; it has subfolders ({names}) - did you mean one of them?"

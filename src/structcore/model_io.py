@@ -42,6 +42,12 @@ def _fsync(path: Path):
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
     """Write ``files`` (name -> tensors) and ``manifest`` into ``folder``, replacing a previous model there."""
     folder = Path(folder)
@@ -56,6 +62,7 @@ def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.T
         for name, tensors in files.items():
             path = tmp / name
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+            os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; give the model folder's files the usual mode
             _fsync(path)
             sums[name] = _sha256(path)
         full = {"format_version": FORMAT_VERSION, "structcore_version": __version__, **manifest, "files": sums}
