@@ -54,7 +54,7 @@ def _job(conn, spec):
             timings["coreset_s"] = time.perf_counter() - t
             return out
 
-        pg = Detector._patch_grids
+        pg = Detector.patch_grids
 
         def timed_grids(self, *a, **kw):
             t = time.perf_counter()
@@ -63,7 +63,7 @@ def _job(conn, spec):
             return out
 
         detector_module.greedy_coreset = timed
-        Detector._patch_grids = timed_grids
+        Detector.patch_grids = timed_grids
         det = Detector(DetectorConfig(coreset_ratio=spec["ratio"], calibration=spec["calibration"]),
                        precision="fp32", device="cpu", progress=False)
         t = time.perf_counter()

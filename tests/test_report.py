@@ -114,7 +114,6 @@ def bench(tmp_path) -> Path:
         "ablations": {"components": {"description": "subsets of phi", "coreset_ratio": 0.01, "variants": variants}},
         "timings": {"wall_s": 12.5, "fit_s": 3.25, "ablations": {"components": 0.5},
                     "categories": {c: {"fit_s": 1.5, "test_s": 2.0} for c in CATEGORIES}},
-        "internals_used": ["Detector._split"],
     }
     (out / "results.json").write_text(json.dumps(results))
     return out

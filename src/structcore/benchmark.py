@@ -46,7 +46,6 @@ Output folder ``DIR``
                                    "mean": {"base"|"struct"|"hybrid": {...}, "hybrid_auroc_std"}}}}},
       "timings": {"wall_s", "feature_extraction_s", "fit_s", "scoring_s", "metrics_s", "ablations_s",
                   "fit_s_by_ratio": {...}, "ablations": {"<name>": s}, "categories": {"<cat>": {...}}},
-      "internals_used": [...]                  # Detector internals this module relies on
     }
 
 All metric values are fractions in [0, 1]; a metric that cannot be computed is ``null`` (pixel metrics of
@@ -115,13 +114,6 @@ COMPONENT_SUBSETS = (
     ("std", "topk", "tv"),
 )
 COMPONENT_NAMES = {"std": "sigma_S", "topk": "top1%", "tv": "TV"}
-#: Detector internals this module uses (see the final report / ask for public methods).
-INTERNALS_USED = (
-    "Detector._split(n): which train images calibrate StructCore (scores/<category>.json)",
-    "Detector._bank(category) and Detector._patch_grids(bank, features, exclude_images): train-good maps "
-    "of the calibration images, leave-one-out maps and raw patch grids (calibration / descriptor_on ablations)",
-    "Detector._descriptor_input(maps, grids)",
-)
 
 
 # -- options --------------------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def _cols(components: tuple[str, ...]) -> list[int]:
     return [COMPONENTS.index(c) for c in components]
 
 
-# -- internals of the detector (one place) ----------------------------------------------------------
+# -- train-good maps through the detector (one place) ---------------------------------------------------
 @dataclass
 class CalibrationMaps:
     """The train-good images StructCore was calibrated on, with their maps' descriptors and scores."""
@@ -286,18 +278,18 @@ def calibration_maps(
 ) -> CalibrationMaps:
     """Recompute what :meth:`Detector.fit_features` calibrated on (``mode`` defaults to the config's).
 
-    Uses ``_split``, ``_bank``, ``_patch_grids`` and ``_descriptor_input`` (mirrors fit_features).
+    Uses ``calibration_split``, ``memory_bank``, ``patch_grids`` and ``descriptor_input`` (mirrors fit_features).
     ``mode`` "in-sample" or "leave-one-out" assume the bank was built from every train image.
     """
     cfg = det.config
     mode = mode or cfg.calibration
     n = len(features)
     if mode == cfg.calibration:
-        _, calib_ids = det._split(n)
+        _, calib_ids = det.calibration_split(n)
     else:
         calib_ids = np.arange(n)
     exclude = calib_ids if mode == "leave-one-out" else None
-    grids = det._patch_grids(det._bank(category), features[calib_ids], exclude)
+    grids = det.patch_grids(det.memory_bank(category), features[calib_ids], exclude)
     cal = det.categories_[category].calibration
     base, phi_map, scores = [], [], []
     for start in range(0, len(grids), chunk):  # full-resolution maps of a chunk at a time
@@ -307,7 +299,7 @@ def calibration_maps(
         base.append(b)
         phi_map.append(descriptor(maps, COMPONENTS, cfg.top_ratio))
         if mode == cfg.calibration:
-            scores.append(cal.scores(det._descriptor_input(maps, g), b))
+            scores.append(cal.scores(det.descriptor_input(maps, g), b))
     return CalibrationMaps(
         ids=np.asarray(calib_ids),
         base=np.concatenate(base),
@@ -319,7 +311,7 @@ def calibration_maps(
 
 def patch_grids_of(det: Detector, category: str, features: torch.Tensor) -> np.ndarray:
     """Raw kNN patch grids ``[B, rows, cols]`` of test features (what score_features upsamples)."""
-    return det._patch_grids(det._bank(category), features).numpy()
+    return det.patch_grids(det.memory_bank(category), features).numpy()
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -495,7 +487,6 @@ class _Run:
             "results": self.results,
             "ablations": ablations,
             "timings": timings,
-            "internals_used": list(INTERNALS_USED),
         }
         results = _clean(results)
         _write_json(self.out / "results.json", results)

@@ -213,7 +213,7 @@ class Detector:
                 f"category {category!r} has {n} training image(s); {cfg.calibration} calibration of StructCore "
                 f"needs at least {need} (a few dozen give stable thresholds)"
             )
-        bank_ids, calib_ids = self._split(n)
+        bank_ids, calib_ids = self.calibration_split(n)
         flat = features[bank_ids].reshape(-1, features.shape[-1])
         source = torch.as_tensor(bank_ids).repeat_interleave(features.shape[1])
         chosen = greedy_coreset(
@@ -221,11 +221,11 @@ class Detector:
         )
         bank = MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
         exclude = calib_ids if cfg.calibration == "leave-one-out" else None
-        grids = self._patch_grids(bank, features[calib_ids], exclude)
+        grids = self.patch_grids(bank, features[calib_ids], exclude)
         maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
         base = pool(maps, cfg.pooling)
         calibration = StructCalibration.fit(
-            self._descriptor_input(maps, grids), base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam, cfg.quantile
+            self.descriptor_input(maps, grids), base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam, cfg.quantile
         )
         model = CategoryModel(
             name=category,
@@ -239,7 +239,7 @@ class Detector:
         self._banks[category] = bank
         return model
 
-    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def calibration_split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Images that build the bank and images that calibrate StructCore."""
         everything = np.arange(n)
         if self.config.calibration != "held-out":
@@ -248,7 +248,7 @@ class Detector:
         n_calib = min(n - 1, max(2, round(n * self.config.heldout_fraction)))
         return np.sort(order[n_calib:]), np.sort(order[:n_calib])
 
-    def _patch_grids(
+    def patch_grids(
         self, bank: MemoryBank, features: torch.Tensor, exclude_images: np.ndarray | None = None
     ) -> torch.Tensor:
         """kNN patch-score grids ``[B, rows, cols]``; ``exclude_images[i]`` is image i's own bank id."""
@@ -259,7 +259,8 @@ class Detector:
         grids = [bank.patch_scores(f, self.config.k, exclude_image=int(i)) for f, i in zip(features, exclude_images)]
         return torch.stack(grids).reshape(len(features), rows, cols)
 
-    def _descriptor_input(self, maps: np.ndarray, grids: torch.Tensor) -> np.ndarray:
+    def descriptor_input(self, maps: np.ndarray, grids: torch.Tensor) -> np.ndarray:
+        """What phi is computed on: the final maps, or the raw kNN grids (``config.descriptor_on``)."""
         return maps if self.config.descriptor_on == "map" else grids.numpy()
 
     # -- scoring --------------------------------------------------------------------------------
@@ -270,7 +271,8 @@ class Detector:
             known = ", ".join(sorted(self.categories_))
             raise KeyError(f"unknown category {category!r}; this model has: {known}")
 
-    def _bank(self, category: str) -> MemoryBank:
+    def memory_bank(self, category: str) -> MemoryBank:
+        """The fitted category's memory bank, ready for kNN queries (built once, then reused)."""
         if category not in self._banks:
             m = self.categories_[category]
             self._banks[category] = MemoryBank(m.bank, m.bank_source, self.knn_backend, self.device)
@@ -280,9 +282,9 @@ class Detector:
         """Maps and base/struct/hybrid scores of features ``[B, P, D]`` against ``category``."""
         self._require_fitted(category)
         cfg = self.config
-        grids = self._patch_grids(self._bank(category), features)
+        grids = self.patch_grids(self.memory_bank(category), features)
         maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
-        scores = self.categories_[category].calibration.scores(self._descriptor_input(maps, grids), pool(maps, cfg.pooling))
+        scores = self.categories_[category].calibration.scores(self.descriptor_input(maps, grids), pool(maps, cfg.pooling))
         return ScoredMaps(maps=maps, scores=scores)
 
     def route(self, features: torch.Tensor) -> list[str]:

@@ -264,7 +264,7 @@ def test_job(spec: dict) -> dict:
     extractor = _attach(det, model, info)
     cfg = det.config
     category = spec["category"]
-    bank = det._bank(category)
+    bank = det.memory_bank(category)
     calibration = det.categories_[category].calibration
     paths = [Path(p) for p in spec["test"]]
     size = (cfg.crop, cfg.crop)
@@ -287,10 +287,10 @@ def test_job(spec: dict) -> dict:
             _sync(device)
             feats = feats.cpu()
             t2 = time.perf_counter()
-            grids = det._patch_grids(bank, feats)
+            grids = det.patch_grids(bank, feats)
             t3 = time.perf_counter()
             maps = anomaly_maps(grids, size, cfg.sigma)
-            calibration.scores(det._descriptor_input(maps, grids), pool(maps, cfg.pooling))
+            calibration.scores(det.descriptor_input(maps, grids), pool(maps, cfg.pooling))
             t4 = time.perf_counter()
             t_ex += t2 - t1
             t_knn += t3 - t2
@@ -326,7 +326,7 @@ def test_job(spec: dict) -> dict:
 
     # warm-up: one batch through everything (allocator, oneDNN primitives, faiss; torch.compile's compilation)
     with torch.inference_mode():
-        det._patch_grids(bank, extractor(ready[0]).cpu())
+        det.patch_grids(bank, extractor(ready[0]).cpu())
     runs = []
     for _ in range(spec["runs"]):
         compute_ms = compute_pass()
