@@ -2,7 +2,7 @@
 
     python benchmarks/mvtec_features.py --data ROOT --categories bottle screw --out FEATS
     python benchmarks/bf16_accuracy.py --data ROOT --categories bottle screw --features FEATS \
-        --coreset-ratios 0.01 0.1 --out /work/runs/speed
+        --coreset-ratios 0.01 0.1 --out runs/speed
 
 For each category and coreset ratio, fits one detector on fp32 train features and one on bf16 train features
 (Detector.fit_features: coreset, in-sample calibration), then scores the fp32 and the bf16 test features

@@ -1,6 +1,6 @@
 """Compare the screened and the plain greedy coreset loop (structcore.coreset) on real features.
 
-    python benchmarks/coreset_check.py --features /tmp/feats/bottle_fp32.pt --ratios 0.01 0.1 [--skip-plain]
+    python benchmarks/coreset_check.py --features runs/feats/bottle_fp32.pt --ratios 0.01 0.1
 
 Prints both times, whether the selection sequences are identical, and the pruning statistics.
 """
@@ -19,7 +19,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", required=True)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.01, 0.1])
-    ap.add_argument("--repeats", type=int, default=1, help="timed runs of the fast version (median)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs of the screened loop (median)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--plain-cache", help="json file to keep plain-loop selections between runs")
     ap.add_argument("--out", help="json results file")

@@ -1,7 +1,7 @@
 """Control for bf16_accuracy.py: how much the metrics move when only the coreset's seed changes (fp32 features).
 
     python benchmarks/coreset_seed_spread.py --data ROOT --features FEATS --categories bottle screw \
-        --coreset-ratios 0.01 0.1 --seeds 42 43 44 45 --precision fp32 --out /work/runs/speed
+        --coreset-ratios 0.01 0.1 --seeds 42 43 44 45 --precision fp32 --out runs/speed
 
 The seed changes the coreset's 128-d proxy projection and its 10 random starting points, nothing else (the
 features are the cached fp32 ones, projected with seed 42). Writes OUT/coreset_seed_spread_<precision>.json.

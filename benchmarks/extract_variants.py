@@ -1,7 +1,7 @@
 """Backbone extraction variants on the CPU, timed side by side in one process (paired rounds).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/extract_variants.py --batch 8 --rounds 8 \
-        --variants current fast fast_pad16 [compiled] --out /work/runs/speed/extract_variants.json
+        --variants current fast fast_pad16 [compiled] --out runs/speed/extract_variants.json
 
 Every variant returns the fp32 projected features [B, 784, 512] of the same images (the full
 ``FeatureExtractor.__call__``: backbone, per-block L2 normalisation, concatenation, projection).

@@ -1,6 +1,6 @@
 """Fit-time costs: coreset, in-sample vs leave-one-image-out calibration, and peak memory at 1,000 images.
 
-    python benchmarks/fit_scale.py --features FEATS/bottle_fp32.pt --out /work/runs/speed/fit_scale.json
+    python benchmarks/fit_scale.py --features FEATS/bottle_fp32.pt --out runs/speed/fit_scale.json
 
 Each measurement runs in its own spawned process, so its peak RSS is its own:
 

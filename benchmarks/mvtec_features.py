@@ -1,7 +1,7 @@
 """Projected StructCore features of MVTec categories in fp32 and bf16, via the shared token cache.
 
-    python benchmarks/mvtec_features.py --data /work/shared/data/mvtec_ad --categories bottle screw \
-        --precisions fp32 bf16 --out /tmp/feats
+    python benchmarks/mvtec_features.py --data ../shared/data/mvtec_ad --categories bottle screw \
+        --precisions fp32 bf16 --out runs/feats
 
 Writes OUT/<category>_<precision>.pt = {"train": [N, P, D], "test": [M, P, D], "labels": [M], "test_paths": [...]}
 (features exactly as Detector.extract gives them: raw block tokens from the cache -> Detector.fuse).
