@@ -54,7 +54,8 @@ def greedy_coreset(
 ) -> torch.Tensor:
     """Indices (int64, in selection order) of ``n_select`` rows of ``features`` ``[N, D]`` chosen greedily.
 
-    ``screened`` picks the loop (default: screened for large problems); both give the same selections.
+    ``screened`` picks the loop (default: screened for large problems on the CPU); both give the same
+    selections.
     """
     n = features.shape[0]
     if n == 0:
@@ -69,7 +70,7 @@ def greedy_coreset(
     starts = torch.randperm(n, generator=generator)[: min(n_starts, n)]
     min_dist = torch.stack([_sq_dist(proxy, sq_norms, int(i)) for i in starts]).mean(0)
     if screened is None:
-        screened = n >= _SCREEN_MIN_N and n_select >= _BATCH
+        screened = n >= _SCREEN_MIN_N and n_select >= _BATCH and proxy.device.type == "cpu"
     loop = _screened_loop if screened else _plain_loop
     with tqdm(total=n_select, desc="coreset", disable=not progress, leave=False) as bar:
         return loop(proxy, sq_norms, min_dist, n_select, bar)
