@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import evaluate, test_targets
 
 from structcore import detector as detector_module
-from structcore.benchmark import _crop_masks
 from structcore.data import load_mvtec
 from structcore.detector import Detector, DetectorConfig
-from structcore.metrics import auroc, pixel_metrics
 
 PAIRS = (("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32"), ("fp32", "bf16"))  # (test features, bank)
 
@@ -64,8 +63,6 @@ def main():
         cat = cats[name]
         f = {p: torch.load(Path(a.features) / f"{name}_{p}.pt") for p in ("fp32", "bf16")}
         assert f["fp32"]["test_paths"] == [str(s.path) for s in cat.test]
-        labels = f["fp32"]["labels"].numpy()
-        masks = _crop_masks(cat, 448, 392)
         tr32, tr16 = f["fp32"]["train"].flatten(0, 1), f["bf16"]["train"].flatten(0, 1)
         cos = torch.nn.functional.cosine_similarity(tr32, tr16, dim=1)
         rel = (tr32 - tr16).norm(dim=1) / tr32.norm(dim=1)
@@ -78,6 +75,7 @@ def main():
             t = time.perf_counter()
             dets = {p: _fit(f[p]["train"], ratio, p, chosen) for p in ("fp32", "bf16")}
             fit_s = time.perf_counter() - t
+            labels, masks = test_targets(cat, dets["fp32"])
             s32, s16 = chosen["fp32"], chosen["bf16"]
             same_prefix = int((s32 != s16).nonzero()[0]) if not torch.equal(s32, s16) else len(s32)
             overlap = len(set(s32.tolist()) & set(s16.tolist())) / len(s32)
@@ -85,14 +83,8 @@ def main():
                  "fit_s": round(fit_s, 1), "pairs": {}}
             base = {}
             for test_p, bank_p in PAIRS:
-                sc = dets[bank_p].score_features("c", f[test_p]["test"])
+                sc, r["pairs"][f"{test_p}/{bank_p}"] = evaluate(dets[bank_p], "c", f[test_p]["test"], labels, masks)
                 base[(test_p, bank_p)] = sc.scores["base"]
-                pm = pixel_metrics(masks, sc.maps) if masks is not None else {}
-                r["pairs"][f"{test_p}/{bank_p}"] = {
-                    "image_auroc": {k: float(auroc(labels, np.asarray(v, np.float64))) for k, v in sc.scores.items()},
-                    "pixel_auroc": float(pm["auroc"]) if pm else None,
-                    "aupro": float(pm["aupro"]) if pm else None,
-                }
                 print(name, ratio, test_p, bank_p, json.dumps(r["pairs"][f"{test_p}/{bank_p}"]), flush=True)
 
             def move(x, y):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import evaluate, test_targets
 
-from structcore.benchmark import _crop_masks
 from structcore.data import load_mvtec
 from structcore.detector import Detector, DetectorConfig
-from structcore.metrics import auroc, pixel_metrics
 
 
 def main():
@@ -34,20 +33,14 @@ def main():
     res = {}
     for name in a.categories:
         f = torch.load(Path(a.features) / f"{name}_{a.precision}.pt")
-        labels = f["labels"].numpy()
-        masks = _crop_masks(cats[name], 448, 392)
         for ratio in a.coreset_ratios:
             rows = {}
             for seed in a.seeds:
                 det = Detector(DetectorConfig(coreset_ratio=ratio, seed=seed), precision="fp32", device="cpu", progress=False)
                 det.fit_features("c", f["train"], [str(i) for i in range(len(f["train"]))])
-                sc = det.score_features("c", f["test"])
-                pm = pixel_metrics(masks, sc.maps) if masks is not None else None
-                rows[seed] = {
-                    **{f"image_auroc_{k}": float(auroc(labels, np.asarray(v, np.float64))) for k, v in sc.scores.items()},
-                    "pixel_auroc": None if pm is None else float(pm["auroc"]),
-                    "aupro": None if pm is None else float(pm["aupro"]),
-                }
+                labels, masks = test_targets(cats[name], det)
+                _, m = evaluate(det, "c", f["test"], labels, masks)
+                rows[seed] = {**{f"image_auroc_{k}": v for k, v in m.pop("image_auroc").items()}, **m}
                 print(name, ratio, seed, json.dumps(rows[seed]), flush=True)
             spread = {}
             for k in rows[a.seeds[0]]:

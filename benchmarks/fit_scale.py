@@ -45,30 +45,15 @@ def _job(conn, spec):
                 big[s : s + 50] = feats[j] + scale * torch.randn(len(j), *feats.shape[1:], generator=gen)
             feats = big
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        timings = {}
-        chosen = functools.partial(detector_module.greedy_coreset, screened=spec["coreset"] == "screened")
-
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            out = chosen(*a, **kw)
-            timings["coreset_s"] = time.perf_counter() - t
-            return out
-
-        pg = Detector.patch_grids
-
-        def timed_grids(self, *a, **kw):
-            t = time.perf_counter()
-            out = pg(self, *a, **kw)
-            timings["calibration_knn_s"] = timings.get("calibration_knn_s", 0) + time.perf_counter() - t
-            return out
-
-        detector_module.greedy_coreset = timed
-        Detector.patch_grids = timed_grids
+        detector_module.greedy_coreset = functools.partial(
+            detector_module.greedy_coreset, screened=spec["coreset"] == "screened"
+        )
         det = Detector(DetectorConfig(coreset_ratio=spec["ratio"], calibration=spec["calibration"]),
                        precision="fp32", device="cpu", progress=False)
         t = time.perf_counter()
         model = det.fit_features("c", feats, [str(i) for i in range(len(feats))])
         fit_s = time.perf_counter() - t
+        timings = det.fit_timings_["c"]
         conn.send({
             **spec, "n_images": len(feats), "n_patches": int(feats.shape[0] * feats.shape[1]), "bank_size": len(model.bank),
             "fit_s": round(fit_s, 2), **{k: round(v, 2) for k, v in timings.items()},

@@ -91,6 +91,8 @@ def test_calibration_modes(synthetic_mvtec, tiny_backbone, mode):
     model = det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))
     ins = _detector().fit("widget", _paths(synthetic_mvtec, "widget", "train"))
     assert np.isfinite(model.calibration.lam)
+    assert set(det.fit_timings_["widget"]) == {"coreset_s", "calibration_knn_s"}
+    assert all(v >= 0 for v in det.fit_timings_["widget"].values())
     # in-sample maps score train images against banks holding their own patches: lower thresholds
     assert model.calibration.thresholds["base"] > ins.calibration.thresholds["base"]
 

@@ -102,7 +102,8 @@ def _screened_loop(proxy, sq_norms, min_dist, n_select, bar) -> torch.Tensor:
     # recompute j for center c when  sq_j - 2 dot~ + sq_c <= dist_j + err (sq_j + sq_c),
     # i.e. when  dot~ >= slack_j + sq_c (1 - err) / 2  with  slack_j = (sq_j (1 - err) - dist_j) / 2
     sq_shrunk = sq * (1 - err)
-    slack = torch.from_numpy((sq_shrunk - dist) / 2)
+    slack_np = (sq_shrunk - dist) / 2
+    slack = torch.from_numpy(slack_np)  # the same memory, for the torch comparison below
     bound = torch.empty(n)
     near = torch.empty(n, dtype=torch.bool)
     gathered = torch.zeros(n + _ALIGN, dim)
@@ -118,7 +119,7 @@ def _screened_loop(proxy, sq_norms, min_dist, n_select, bar) -> torch.Tensor:
         while t < n_select and row_in_batch[i] >= 0:
             selected[t] = i
             t += 1
-            torch.add(slack, float(sq_shrunk[i]) / 2, out=bound)
+            torch.add(slack, float(sq_shrunk[i] / 2), out=bound)
             torch.ge(dots_low[row_in_batch[i]], bound, out=near)
             idx_np = np.flatnonzero(near.numpy())
             idx = torch.from_numpy(idx_np)
@@ -129,8 +130,8 @@ def _screened_loop(proxy, sq_norms, min_dist, n_select, bar) -> torch.Tensor:
             np.minimum(dist[idx_np], d, out=d)
             dist[idx_np] = d
             dist[i] = 0.0
-            slack.numpy()[idx_np] = (sq_shrunk[idx_np] - d) / 2
-            slack[i] = float(sq_shrunk[i]) / 2
+            slack_np[idx_np] = (sq_shrunk[idx_np] - d) / 2
+            slack_np[i] = sq_shrunk[i] / 2
             i = int(np.argmax(dist))
             bar.update()
         row_in_batch[batch.numpy()] = -1

@@ -207,7 +207,7 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: is a file, expected a folder of images")
     if recursive:
-        found = (p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        found = (p for p in folder.rglob("*") if not any(d.startswith(".") for d in p.relative_to(folder).parent.parts))
     else:
         found = folder.iterdir()
     images = sorted(p for p in found if _is_image_file(p))

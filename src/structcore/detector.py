@@ -7,6 +7,7 @@ of a ``manifest.json`` plus safetensors files (see :mod:`structcore.model_io`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,7 @@ class Detector:
         self.num_workers = num_workers
         self.progress = progress
         self.categories_: dict[str, CategoryModel] = {}
+        self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
         self.projection_: torch.Tensor | None = None
         self.weights_info_: WeightsInfo | None = None
         self._extractor: FeatureExtractor | None = None
@@ -216,12 +218,16 @@ class Detector:
         bank_ids, calib_ids = self.calibration_split(n)
         flat = features[bank_ids].reshape(-1, features.shape[-1])
         source = torch.as_tensor(bank_ids).repeat_interleave(features.shape[1])
+        started = time.perf_counter()
         chosen = greedy_coreset(
             flat, coreset_size(len(flat), cfg.coreset_ratio, cfg.coreset_size), cfg.seed, progress=self.progress
         )
+        coreset_s = time.perf_counter() - started
         bank = MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
         exclude = calib_ids if cfg.calibration == "leave-one-out" else None
+        started = time.perf_counter()
         grids = self.patch_grids(bank, features[calib_ids], exclude)
+        self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": time.perf_counter() - started}
         maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
         base = pool(maps, cfg.pooling)
         calibration = StructCalibration.fit(

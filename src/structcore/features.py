@@ -7,6 +7,7 @@ and then stored with every fitted model, so a model never depends on the RNG imp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,11 +140,17 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "bf16" if cpu_has_bf16_matmul() else "fp32"
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether the CPU multiplies bf16 matrices natively (Intel AMX or AVX-512 BF16): then bf16 is 4-8x fp32."""
+@functools.cache
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The CPU's bf16 matrix-instruction flags (Intel AMX, AVX-512 BF16) from /proc/cpuinfo; () if none."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            text = f.read()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return ()
+    return tuple(flag for flag in ("amx_bf16", "avx512_bf16") if flag in text)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether the CPU multiplies bf16 matrices natively: then bf16 is 4-8x fp32."""
+    return bool(cpu_bf16_flags())

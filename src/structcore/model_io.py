@@ -42,10 +42,11 @@ def _fsync(path: Path):
         os.close(fd)
 
 
-def _umask() -> int:
+def _new_file_mode() -> int:
+    """The mode the process's umask gives a new file (safetensors itself writes 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
@@ -57,12 +58,13 @@ def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.T
     tmp = folder.parent / f".{folder.name}.writing-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    mode = _new_file_mode()
     try:
         sums = {}
         for name, tensors in files.items():
             path = tmp / name
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-            os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; give the model folder's files the usual mode
+            os.chmod(path, mode)
             _fsync(path)
             sums[name] = _sha256(path)
         full = {"format_version": FORMAT_VERSION, "structcore_version": __version__, **manifest, "files": sums}

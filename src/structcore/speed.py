@@ -49,7 +49,7 @@ import torch
 from .backbone import CONFIGS, ViTConfig, build_vit
 from .data import DataError, iter_batches, load_image, load_mvtec
 from .detector import Detector, DetectorConfig
-from .features import FeatureExtractor, resolve_precision
+from .features import FeatureExtractor, cpu_bf16_flags, resolve_precision
 from .maps import anomaly_maps, pool
 from .weights import WeightsError, WeightsInfo, load_backbone
 
@@ -128,13 +128,12 @@ def machine_info(device: torch.device) -> dict:
             text = f.read()
         names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
-        bf16_flags = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in text})
     except OSError:
-        bf16_flags = []
+        pass
     info = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "bf16_cpu_flags": bf16_flags,
+        "bf16_cpu_flags": list(cpu_bf16_flags()),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -155,7 +154,7 @@ def get_backbone(name: str, weights: str | None = None, random_weights: bool = F
     if not random_weights:
         try:
             model, info = load_backbone(name, weights, allow_download=False)
-            return model, info, (info.origin.split(":")[0] or info.source) if info.origin else info.source
+            return model, info, info.origin.split(":")[0] if info.origin else info.source
         except WeightsError:
             if weights is not None:
                 raise
@@ -189,8 +188,6 @@ def _config(spec: dict, ratio: float) -> DetectorConfig:
 
 def fit_job(spec: dict) -> dict:
     """Extract train features once, fit one detector per coreset ratio, save each to ``spec['models']``."""
-    from . import detector as detector_module
-
     device = _setup(spec)
     model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
     ratios = spec["ratios"]
@@ -203,34 +200,19 @@ def fit_job(spec: dict) -> dict:
     features = first.extract(paths)
     extract_s = time.perf_counter() - t
 
-    coreset_times: list[float] = []
-    original = detector_module.greedy_coreset
-
-    def timed(*a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return original(*a, **kw)
-        finally:
-            coreset_times.append(time.perf_counter() - t0)
-
     rows = {}
-    detector_module.greedy_coreset = timed
-    try:
-        for r, det in dets.items():
-            if det is not first:
-                _attach(det, model, info)
-            coreset_times.clear()
-            t = time.perf_counter()
-            fitted = det.fit_features(spec["category"], features, [str(p) for p in paths])
-            fit_s = time.perf_counter() - t
-            det.save(Path(spec["models"]) / _ratio_key(r))
-            rows[_ratio_key(r)] = {
-                "bank_size": len(fitted.bank),
-                "coreset_s": round(sum(coreset_times), 3),
-                "fit_s": round(fit_s, 3),
-            }
-    finally:
-        detector_module.greedy_coreset = original
+    for r, det in dets.items():
+        if det is not first:
+            _attach(det, model, info)
+        t = time.perf_counter()
+        fitted = det.fit_features(spec["category"], features, [str(p) for p in paths])
+        fit_s = time.perf_counter() - t
+        det.save(Path(spec["models"]) / _ratio_key(r))
+        rows[_ratio_key(r)] = {
+            "bank_size": len(fitted.bank),
+            "coreset_s": round(det.fit_timings_[spec["category"]]["coreset_s"], 3),
+            "fit_s": round(fit_s, 3),
+        }
     out = {
         "backbone": spec["backbone"],
         "weights": label,
