@@ -4,6 +4,7 @@ import json
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,8 +41,9 @@ def counted(tiny_vit, monkeypatch):
 def _run(root, out, cache, tiny_vit, **kw):
     kw.setdefault("coreset_ratios", [0.25, 0.5])
     kw.setdefault("write_report", False)
+    kw.setdefault("precision", "fp32")
     return run_benchmark(
-        load_mvtec(root), out, TINY, precision="fp32", progress=False, feature_cache=cache, backbone=(tiny_vit, INFO),
+        load_mvtec(root), out, TINY, progress=False, feature_cache=cache, backbone=(tiny_vit, INFO),
         num_workers=0, batch_size=4, dataset="mvtec", data_root=root, **kw,
     )
 
@@ -221,6 +223,22 @@ def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch
     assert list(res["ablations"]["layers"]["variants"]) == ["-1,-2"]
     assert res["feature_cache"]["folder"] == str(tmp_path / "cache")
     assert written == [tmp_path / "o"]
+
+
+def test_train_images_in_fit_precision_test_images_in_precision(synthetic_mvtec, tiny_vit, tiny_backbone, tmp_path):
+    from structcore.detector import Detector
+
+    res = _run(synthetic_mvtec, tmp_path / "run", tmp_path / "cache", tiny_vit, precision="bf16", coreset_ratios=[0.25])
+    assert (res["precision"], res["fit_precision"]) == ("bf16", "fp32")
+    det = Detector(TINY, precision="bf16", fit_precision="fp32", progress=False, batch_size=4)
+    det.fit("widget", sorted((synthetic_mvtec / "widget" / "train" / "good").glob("*.png")))
+    scores = json.loads((tmp_path / "run" / "scores" / "widget.json").read_text())
+    expected = det.predict([Path(p) for p in scores["test"]["paths"]], "widget")
+    assert np.allclose(scores["test"]["hybrid"], [p.scores["hybrid"] for p in expected], rtol=1e-5)
+    fp32_only = _run(synthetic_mvtec, tmp_path / "run32", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
+    scores32 = json.loads((tmp_path / "run32" / "scores" / "widget.json").read_text())
+    assert scores32["train"]["hybrid"] == scores["train"]["hybrid"]  # same fp32 fit
+    assert not np.allclose(scores32["test"]["hybrid"], scores["test"]["hybrid"], rtol=1e-5)  # bf16 test features
 
 
 def test_calibration_maps_reproduce_the_fit_in_any_chunking(synthetic_mvtec, tiny_backbone):

@@ -70,6 +70,27 @@ def test_same_seed_same_scores_and_reload_is_identical(synthetic_mvtec, tiny_bac
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
+def test_train_images_go_through_the_fit_precision_and_test_images_through_the_precision(
+    synthetic_mvtec, tiny_backbone, tmp_path
+):
+    train = _paths(synthetic_mvtec, "widget", "train")
+    det = Detector(DetectorConfig(**TINY), precision="bf16", fit_precision="fp32", progress=False, batch_size=4)
+    model = det.fit("widget", train)
+    fp32, bf16 = det.extract(train, precision="fp32"), det.extract(train)
+    assert not torch.equal(fp32, bf16)  # the two precisions really differ on this backbone
+    def in_bank(features):  # which bank entries are exactly one of these features
+        return (model.bank[:, None] == features.reshape(1, -1, features.shape[-1])).all(-1).any(1)
+
+    assert in_bank(fp32).all() and not in_bank(bf16).any()  # the bank holds fp32 train features
+    scored = det.score_features("widget", bf16[:2])
+    assert [p.scores for p in det.predict(train[:2], "widget")] == [
+        {k: float(v[i]) for k, v in scored.scores.items()} for i in range(2)
+    ]
+    det.save(tmp_path / "m")
+    again = Detector.load(tmp_path / "m", progress=False)
+    assert (again.precision, again.fit_precision) == ("bf16", "fp32")
+
+
 def test_adding_a_category_leaves_the_others_untouched_and_routing(synthetic_mvtec, tiny_backbone, tmp_path):
     det = _detector()
     det.fit("widget", _paths(synthetic_mvtec, "widget", "train"))

@@ -20,7 +20,8 @@ Output folder ``DIR``
                                                 # routing_accuracy(+_overall) taken from the routed setting
       "config": {...DetectorConfig...},          # coreset_ratio is the first (primary) ratio
       "coreset_ratios": [0.01, 0.1], "primary": "0.01",
-      "weights": {"name", "sha256", "source", "origin"}, "precision": "bf16", "device": "cpu",
+      "weights": {"name", "sha256", "source", "origin"}, "precision": "bf16", "fit_precision": "fp32",
+      "device": "cpu",                          # backbone precision of the test images / of the train images
       "feature_cache": {"folder", "enabled", "hits", "misses", "extract_s", "load_s", "extractor_calls"},
       "results": {
         "<setting>": {                          # "class_separated" | "routed"
@@ -387,6 +388,7 @@ class _Run:
         data_root,
         write_report=True,
         compile=False,
+        fit_precision="fp32",
     ):
         self.write_report = write_report
         self.cats = categories
@@ -402,16 +404,23 @@ class _Run:
         self.timer = Timer()
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.precision = resolve_precision(precision, self.device)
+        self.fit_precision = resolve_precision(fit_precision, self.device)
         if backbone is None:
             backbone = detector_module.load_backbone(config.backbone, weights)
         self.backbone, self.weights_info = backbone
-        self.extractor = FeatureExtractor(self.backbone, config.blocks, None, self.precision, self.device, compile)
-        self.context = CacheContext(config.backbone, self.weights_info.sha256, config.preprocess, self.precision, self.device.type)
+        # (extractor, cache context) per backbone precision: train images in fit_precision, test images in precision
+        self.extractors = {
+            p: (
+                FeatureExtractor(self.backbone, config.blocks, None, p, self.device, compile),
+                CacheContext(config.backbone, self.weights_info.sha256, config.preprocess, p, self.device.type),
+            )
+            for p in dict.fromkeys((self.fit_precision, self.precision))
+        }
         folder = default_folder() if isinstance(feature_cache, str) and feature_cache == "default" else feature_cache
         self.cache = FeatureCache(folder)
         self.runtime = dict(
-            weights=weights, precision=self.precision, device=str(self.device), batch_size=batch_size,
-            num_workers=num_workers, progress=progress,
+            weights=weights, precision=self.precision, fit_precision=self.fit_precision, device=str(self.device),
+            batch_size=batch_size, num_workers=num_workers, progress=progress,
         )
         if config.coreset_size is not None:
             self.settings = {f"size{config.coreset_size}": config}
@@ -425,10 +434,12 @@ class _Run:
         self.cat_timings: dict[str, dict] = {}
 
     # features -------------------------------------------------------------------------------------
-    def features(self, paths, blocks, det: Detector, desc: str) -> torch.Tensor:
+    def features(self, paths, blocks, det: Detector, desc: str, train: bool = False) -> torch.Tensor:
+        """Fused features of ``paths``; train images go through the backbone in ``fit_precision``."""
+        extractor, context = self.extractors[self.fit_precision if train else self.precision]
         with self.timer("feature_extraction"):
             return self.cache.layer_tokens(
-                self.extractor, self.context, paths, blocks, self.batch_size, self.num_workers, self.progress, desc,
+                extractor, context, paths, blocks, self.batch_size, self.num_workers, self.progress, desc,
                 reduce=det.fuse,
             )
 
@@ -440,7 +451,8 @@ class _Run:
         (self.out / "maps").mkdir(exist_ok=True)
         _log(
             f"benchmark: {len(self.cats)} categor{'y' if len(self.cats) == 1 else 'ies'}, coreset "
-            f"{', '.join(self.settings)}, {self.config.backbone} ({self.weights_info.source}), {self.precision} on "
+            f"{', '.join(self.settings)}, {self.config.backbone} ({self.weights_info.source}), {self.fit_precision} fit, "
+            f"{self.precision} test on "
             f"{self.device}, feature cache {self.cache.folder or 'off'}"
         )
         train_info = {}
@@ -481,6 +493,7 @@ class _Run:
                 "origin": getattr(self.weights_info, "origin", ""),
             },
             "precision": self.precision,
+            "fit_precision": self.fit_precision,
             "device": str(self.device),
             "feature_cache": {"folder": None if self.cache.folder is None else str(self.cache.folder),
                               "enabled": self.cache.enabled, **self.cache.stats.as_dict()},
@@ -519,7 +532,7 @@ class _Run:
         ab = self.ablations
         ct = self.cat_timings.setdefault(cat.name, {})
         t0 = time.perf_counter()
-        feats = self.features(cat.train, self.config.blocks, self.dets[self.primary], f"{cat.name}: train")
+        feats = self.features(cat.train, self.config.blocks, self.dets[self.primary], f"{cat.name}: train", train=True)
         ct["train_features_s"] = round(time.perf_counter() - t0, 3)
         names = [str(p) for p in cat.train]
         for key, det in self.dets.items():
@@ -741,13 +754,16 @@ class _Run:
         union = sorted({b % depth for s in (*sets, cfg.blocks) for b in s})
         union_neg = [b - depth for b in union]
         if self.cache.enabled:
-            everything = [p for c in self.cats for p in (*c.train, *(s.path for s in c.test))]
-            with self.timer("feature_extraction"):
-                # one forward pass per image fills the cache for every block of every layer set
-                self.cache.layer_tokens(
-                    self.extractor, self.context, everything, union_neg, self.batch_size, self.num_workers,
-                    self.progress, "layer sweep: blocks", reduce=lambda layers: torch.empty(len(layers[0]), 0),
-                )
+            # one forward pass per image fills the cache for every block of every layer set
+            train = [p for c in self.cats for p in c.train]
+            test = [s.path for c in self.cats for s in c.test]
+            for precision, paths in ((self.fit_precision, train), (self.precision, test)):
+                extractor, context = self.extractors[precision]
+                with self.timer("feature_extraction"):
+                    self.cache.layer_tokens(
+                        extractor, context, paths, union_neg, self.batch_size, self.num_workers, self.progress,
+                        f"layer sweep: blocks ({precision})", reduce=lambda layers: torch.empty(len(layers[0]), 0),
+                    )
         for blocks in sets:
             label = ",".join(str(b) for b in blocks)
             det = Detector(replace(cfg, blocks=blocks), **{**self.runtime, "progress": False})
@@ -755,7 +771,7 @@ class _Run:
             for cat in self.cats:
                 if not cat.test:
                     continue
-                train = self.features(cat.train, blocks, det, f"{cat.name}: train [{label}]")
+                train = self.features(cat.train, blocks, det, f"{cat.name}: train [{label}]", train=True)
                 det.fit_features(cat.name, train, [str(p) for p in cat.train])
                 del train
                 test = self.features([s.path for s in cat.test], blocks, det, f"{cat.name}: test [{label}]")
@@ -869,6 +885,7 @@ def run_benchmark(
     data_root: str | Path | None = None,
     write_report: bool = True,
     compile: bool = False,
+    fit_precision: str = "fp32",
 ) -> dict:
     """Run the benchmark on loaded categories and write everything under ``out``; returns results.json's dict.
 
@@ -881,7 +898,7 @@ def run_benchmark(
     run = _Run(
         categories, Path(out), config or DetectorConfig(), coreset_ratios, weights, precision, device, batch_size,
         num_workers, progress, feature_cache, ablations, backbone, max_maps, dataset, data_root, write_report,
-        compile,
+        compile, fit_precision,
     )
     return run.run()
 
@@ -999,7 +1016,7 @@ def summary_text(results: dict) -> str:
     sep = results["results"]["class_separated"][key]
     rout = results["results"]["routed"][key]
     lines = [f"\nStructCore benchmark, coreset {key}, {results['weights']['name']} ({results['weights']['source']}), "
-             f"{results['precision']} on {results['device']}"]
+             f"{results['fit_precision']} fit, {results['precision']} test on {results['device']}"]
     head = f"{'category':<16}{'base':>8}{'struct':>8}{'hybrid':>8}{'P-AUROC':>9}{'AUPRO':>8}{'routing':>9}{'routed hyb':>11}"
     lines += ["I-AUROC (%)".rjust(40), head, "-" * len(head)]
     for name in [*sep["categories"], "Mean"]:
@@ -1099,6 +1116,7 @@ def cmd_benchmark(args):
         dataset=args.dataset, data_root=args.data, weights=rt["weights"], precision=rt["precision"],
         device=rt["device"], batch_size=rt["batch_size"], num_workers=rt["num_workers"], progress=rt["progress"],
         max_maps=args.max_maps, write_report=not args.no_report, compile=rt["compile"],
+        fit_precision=rt.get("fit_precision", "fp32"),
     )
 
 

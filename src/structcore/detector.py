@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbone import VisionTransformer
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
 from .features import SKIP5, FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
@@ -133,12 +134,14 @@ class Detector:
         num_workers: int = 2,
         progress: bool = True,
         compile: bool = False,
+        fit_precision: str = "fp32",
     ):
         self.config = config or DetectorConfig()
         self.compile = compile
         self.weights = weights
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.precision = resolve_precision(precision, self.device)
+        self.fit_precision = resolve_precision(fit_precision, self.device)
         self.batch_size = batch_size
         self.knn_backend = knn_backend
         self.num_workers = num_workers
@@ -147,25 +150,34 @@ class Detector:
         self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
         self.projection_: torch.Tensor | None = None
         self.weights_info_: WeightsInfo | None = None
-        self._extractor: FeatureExtractor | None = None
+        self._backbone: VisionTransformer | None = None
+        self._extractors: dict[str, FeatureExtractor] = {}  # by precision, sharing one backbone
         self._banks: dict[str, MemoryBank] = {}
 
     # -- features -------------------------------------------------------------------------------
-    def _get_extractor(self) -> FeatureExtractor:
-        if self._extractor is None:
-            backbone, info = load_backbone(self.config.backbone, self.weights)
-            if self.weights_info_ is not None and info.sha256 != self.weights_info_.sha256:
-                raise RuntimeError(
-                    f"this model was fitted with {self.config.backbone} weights sha256 {self.weights_info_.sha256}, "
-                    f"but the weights found now ({info.path}) have sha256 {info.sha256}; pass the original file "
-                    "with --weights"
-                )
-            self.weights_info_ = info
-            self._ensure_projection(backbone.cfg.embed_dim * len(self.config.blocks))
-            self._extractor = FeatureExtractor(
-                backbone, self.config.blocks, self.projection_, self.precision, self.device, self.compile
+    def use_backbone(self, backbone: VisionTransformer, info: WeightsInfo):
+        """Use an already built backbone instead of loading ``config.backbone``'s weights on first use."""
+        if self.weights_info_ is not None and info.sha256 != self.weights_info_.sha256:
+            raise RuntimeError(
+                f"this model was fitted with {self.config.backbone} weights sha256 {self.weights_info_.sha256}, "
+                f"but the weights found now ({info.path}) have sha256 {info.sha256}; pass the original file "
+                "with --weights"
             )
-        return self._extractor
+        self.weights_info_ = info
+        self._ensure_projection(backbone.cfg.embed_dim * len(self.config.blocks))
+        self._backbone = backbone
+        self._extractors = {}
+
+    def extractor(self, precision: str | None = None) -> FeatureExtractor:
+        """The extractor of ``precision`` (default: the test-time precision), built on first use."""
+        precision = precision or self.precision
+        if self._backbone is None:
+            self.use_backbone(*load_backbone(self.config.backbone, self.weights))
+        if precision not in self._extractors:
+            self._extractors[precision] = FeatureExtractor(
+                self._backbone, self.config.blocks, self.projection_, precision, self.device, self.compile
+            )
+        return self._extractors[precision]
 
     def _ensure_projection(self, in_dim: int):
         if self.projection_ is None and self.config.projection_dim is not None:
@@ -181,9 +193,13 @@ class Detector:
         self._ensure_projection(sum(t.shape[-1] for t in layers))
         return fuse_layers(layers, self.projection_)
 
-    def extract(self, paths: list[Path], desc: str = "features") -> torch.Tensor:
-        """Projected patch features ``[N, P, D]`` of image files (decoded in background threads)."""
-        extractor = self._get_extractor()
+    def extract(self, paths: list[Path], desc: str = "features", precision: str | None = None) -> torch.Tensor:
+        """Projected patch features ``[N, P, D]`` of image files (decoded in background threads).
+
+        ``precision``: the backbone's, default the test-time ``self.precision`` (:meth:`fit` passes
+        ``self.fit_precision``).
+        """
+        extractor = self.extractor(precision)
         out: torch.Tensor | None = None
         batches = iter_batches(paths, self.config.preprocess, self.batch_size, self.num_workers)
         with tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress) as bar:
@@ -202,7 +218,7 @@ class Detector:
         """Fit (or refit) one category from its good training images; other categories are untouched."""
         if not train_paths:
             raise ValueError(f"category {category!r} has no training images")
-        features = self.extract(train_paths, desc=f"{category}: train features")
+        features = self.extract(train_paths, desc=f"{category}: train features", precision=self.fit_precision)
         return self.fit_features(category, features, [str(p) for p in train_paths])
 
     def fit_features(self, category: str, features: torch.Tensor, train_images: list[str]) -> CategoryModel:
@@ -327,7 +343,7 @@ class Detector:
     def save(self, folder: str | Path) -> Path:
         """Write the model folder atomically: manifest.json, projection and one file per category."""
         self._require_fitted()
-        self._get_extractor()
+        self.extractor()
         categories, files = {}, {}
         if self.projection_ is not None:
             files["projection.safetensors"] = {"projection": self.projection_}
@@ -351,6 +367,7 @@ class Detector:
         manifest = {
             "config": asdict(self.config),
             "precision": self.precision,
+            "fit_precision": self.fit_precision,
             "weights": {
                 "name": self.config.backbone,
                 "sha256": self.weights_info_.sha256,
@@ -367,6 +384,7 @@ class Detector:
         manifest, files = read_model(Path(folder))
         config = DetectorConfig(**manifest["config"])
         settings.setdefault("precision", manifest["precision"])
+        settings.setdefault("fit_precision", manifest["fit_precision"])
         detector = cls(config, **settings)
         detector.projection_ = files.get("projection.safetensors", {}).get("projection")
         detector.weights_info_ = WeightsInfo(path=None, **manifest["weights"])

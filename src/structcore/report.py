@@ -1054,7 +1054,7 @@ def _html(results, out_dir, scores, fig2, per_cat, fig3, qual, problems) -> str:
         out.append("<h3>Backbone weights</h3>")
         out.append(generic_table({"weights": weights_label(weights), **weights}, pct=False))
     run = {k: results[k] for k in ("dataset", "data_root", "category_names", "coreset_ratios", "primary",
-                                   "precision", "device", "feature_cache", "schema") if k in results}
+                                   "precision", "fit_precision", "device", "feature_cache", "schema") if k in results}
     if run:
         out.append("<h3>Run</h3>" + generic_table(run, pct=False))
     if config:

@@ -165,11 +165,9 @@ def get_backbone(name: str, weights: str | None = None, random_weights: bool = F
 
 
 def _attach(det: Detector, model, info: WeightsInfo) -> FeatureExtractor:
-    """Give a Detector an already built backbone (what ``Detector._get_extractor`` would load)."""
-    det.weights_info_ = info
-    det._ensure_projection(model.cfg.embed_dim * len(det.config.blocks))
-    det._extractor = FeatureExtractor(model, det.config.blocks, det.projection_, det.precision, det.device, det.compile)
-    return det._extractor
+    """Give a Detector an already built backbone; its test-time extractor."""
+    det.use_backbone(model, info)
+    return det.extractor()
 
 
 # -- the two kinds of job -------------------------------------------------------------------------
@@ -191,8 +189,9 @@ def fit_job(spec: dict) -> dict:
     device = _setup(spec)
     model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
     ratios = spec["ratios"]
-    dets = {r: Detector(_config(spec, r), precision=spec["precision"], device=str(device),
-                        batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False) for r in ratios}
+    dets = {r: Detector(_config(spec, r), precision=spec["precision"], fit_precision=spec["precision"],
+                        device=str(device), batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False)
+            for r in ratios}
     first = dets[ratios[0]]
     _attach(first, model, info)
     paths = [Path(p) for p in spec["train"]]
