@@ -384,7 +384,8 @@ class Detector:
         manifest, files = read_model(Path(folder))
         config = DetectorConfig(**manifest["config"])
         settings.setdefault("precision", manifest["precision"])
-        settings.setdefault("fit_precision", manifest["fit_precision"])
+        # models written before fit_precision existed were fitted in their test-time precision
+        settings.setdefault("fit_precision", manifest.get("fit_precision", manifest["precision"]))
         detector = cls(config, **settings)
         detector.projection_ = files.get("projection.safetensors", {}).get("projection")
         detector.weights_info_ = WeightsInfo(path=None, **manifest["weights"])
