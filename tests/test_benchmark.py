@@ -235,7 +235,7 @@ def test_train_images_in_fit_precision_test_images_in_precision(synthetic_mvtec,
     scores = json.loads((tmp_path / "run" / "scores" / "widget.json").read_text())
     expected = det.predict([Path(p) for p in scores["test"]["paths"]], "widget")
     assert np.allclose(scores["test"]["hybrid"], [p.scores["hybrid"] for p in expected], rtol=1e-5)
-    fp32_only = _run(synthetic_mvtec, tmp_path / "run32", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
+    _run(synthetic_mvtec, tmp_path / "run32", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
     scores32 = json.loads((tmp_path / "run32" / "scores" / "widget.json").read_text())
     assert scores32["train"]["hybrid"] == scores["train"]["hybrid"]  # same fp32 fit
     assert not np.allclose(scores32["test"]["hybrid"], scores["test"]["hybrid"], rtol=1e-5)  # bf16 test features
