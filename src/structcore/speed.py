@@ -312,7 +312,7 @@ def test_job(spec: dict) -> dict:
     for _ in range(spec["runs"]):
         compute_ms = compute_pass()
         runs.append({**one_pass(), "extract_compute_ms": compute_ms})
-    rate_samples.append(_rates(device))
+        rate_samples.append(_rates(device))  # interleaved: the floor comes from the same minutes as the timings
 
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     rates = {k: statistics.median(s[k] for s in rate_samples) for k in rate_samples[0]}
@@ -525,7 +525,8 @@ def markdown(result: dict) -> str:
         "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
         "Pipeline img/s also counts the time spent waiting for decoded images (decode wait, as a share of the "
         "loop: under 5% means compute-bound). Extract, no decoding = the same batches already decoded. "
-        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate.",
+        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate, with the rates "
+        "measured in the same process before the first and after every timed pass (median).",
         "",
         _table(header, rows),
         "",
