@@ -315,7 +315,8 @@ def test_job(spec: dict) -> dict:
         rate_samples.append(_rates(device))  # interleaved: the floor comes from the same minutes as the timings
 
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    rates = {k: statistics.median(s[k] for s in rate_samples) for k in rate_samples[0]}
+    # a floor is what the hardware can do: the best rate seen (noise from other tenants only ever lowers it)
+    rates = {k: max(s[k] for s in rate_samples) for k in rate_samples[0]}
     precision = det.precision
     gflop = vit_gflops(model.cfg, cfg.crop, cfg.blocks)
     proj_gflop = projection_gflops(model.cfg, cfg.crop, len(cfg.blocks), cfg.projection_dim)
@@ -345,6 +346,7 @@ def test_job(spec: dict) -> dict:
         "backbone_gflop_per_image": round(gflop, 2),
         "projection_gflop_per_image": round(proj_gflop, 3),
         "matmul_tflops": {k: round(v, 4) for k, v in rates.items()},
+        "matmul_tflops_samples": [{k: round(v, 4) for k, v in r.items()} for r in rate_samples],
         "floor_ms": round(floor_ms, 2),
         "extract_x_floor": round(med["extract_ms"] / floor_ms, 2),
         "extract_compute_x_floor": round(med["extract_compute_ms"] / floor_ms, 2),
@@ -518,15 +520,15 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} ({s['threads']} threads), device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f"; batch {s['batch_size']}, {s['workers']} decoding threads.",
-        f"Matmul rate measured in this run (TFLOP/s): {rates}. Load average at start / end: "
-        f"{m.get('load_average_at_start')} / {m.get('load_average')}.",
+        f"Matmul rate measured in this run (TFLOP/s, median over the test processes of the best each saw): {rates}. "
+        f"Load average at start / end: {m.get('load_average_at_start')} / {m.get('load_average')}.",
         "",
         "Per test image. Extract = backbone + fusion + projection, while the next images are decoded in "
         "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
         "Pipeline img/s also counts the time spent waiting for decoded images (decode wait, as a share of the "
         "loop: under 5% means compute-bound). Extract, no decoding = the same batches already decoded. "
-        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate, with the rates "
-        "measured in the same process before the first and after every timed pass (median).",
+        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate, with the best "
+        "of the rates measured in the same process before the first and after every timed pass.",
         "",
         _table(header, rows),
         "",
