@@ -121,7 +121,12 @@ class NotFittedError(RuntimeError):
 
 
 class Detector:
-    """StructCore anomaly detector. ``__init__`` only stores settings; the backbone loads on first use."""
+    """StructCore anomaly detector. ``__init__`` only stores settings; the backbone loads on first use.
+
+    ``precision`` is the backbone's for the images scored (``auto``: bf16 where the CPU or GPU has bf16
+    matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
+    bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset).
+    """
 
     def __init__(
         self,
