@@ -93,7 +93,7 @@ import torch
 
 from . import detector as detector_module
 from .data import Category, DataError, image_size, load_folder, load_image, load_mask, load_mvtec, load_visa, mask_for_crop
-from .detector import Detector, DetectorConfig, ScoredMaps
+from .detector import FIT_PRECISION, Detector, DetectorConfig, ScoredMaps
 from .feature_cache import CacheContext, FeatureCache, default_folder
 from .features import FeatureExtractor, resolve_precision
 from .maps import anomaly_maps, pool
@@ -388,7 +388,7 @@ class _Run:
         data_root,
         write_report=True,
         compile=False,
-        fit_precision="fp32",
+        fit_precision=None,
     ):
         self.write_report = write_report
         self.cats = categories
@@ -404,7 +404,7 @@ class _Run:
         self.timer = Timer()
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.precision = resolve_precision(precision, self.device)
-        self.fit_precision = resolve_precision(fit_precision, self.device)
+        self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         if backbone is None:
             backbone = detector_module.load_backbone(config.backbone, weights)
         self.backbone, self.weights_info = backbone
@@ -885,7 +885,7 @@ def run_benchmark(
     data_root: str | Path | None = None,
     write_report: bool = True,
     compile: bool = False,
-    fit_precision: str = "fp32",
+    fit_precision: str | None = None,
 ) -> dict:
     """Run the benchmark on loaded categories and write everything under ``out``; returns results.json's dict.
 
@@ -1116,7 +1116,7 @@ def cmd_benchmark(args):
         dataset=args.dataset, data_root=args.data, weights=rt["weights"], precision=rt["precision"],
         device=rt["device"], batch_size=rt["batch_size"], num_workers=rt["num_workers"], progress=rt["progress"],
         max_maps=args.max_maps, write_report=not args.no_report, compile=rt["compile"],
-        fit_precision=rt.get("fit_precision", "fp32"),
+        fit_precision=rt["fit_precision"],
     )
 
 

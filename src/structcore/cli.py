@@ -82,18 +82,16 @@ def config_from_args(args) -> DetectorConfig:
 
 
 def runtime_from_args(args) -> dict:
-    runtime = dict(
+    return dict(
         weights=args.weights,
         precision=args.precision,
+        fit_precision=args.fit_precision,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.quiet,
         compile=args.compile,
     )
-    if args.fit_precision:  # otherwise the Detector's default, or what a loaded model was fitted in
-        runtime["fit_precision"] = args.fit_precision
-    return runtime
 
 
 # -- weights ------------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ class ScoredMaps:
     scores: dict[str, np.ndarray]
 
 
+#: Backbone precision for train images unless asked otherwise: the memory bank then is the fp32 pipeline's.
+FIT_PRECISION = "fp32"
+
+
 class NotFittedError(RuntimeError):
     pass
 
@@ -139,14 +143,14 @@ class Detector:
         num_workers: int = 2,
         progress: bool = True,
         compile: bool = False,
-        fit_precision: str = "fp32",
+        fit_precision: str | None = None,
     ):
         self.config = config or DetectorConfig()
         self.compile = compile
         self.weights = weights
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.precision = resolve_precision(precision, self.device)
-        self.fit_precision = resolve_precision(fit_precision, self.device)
+        self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         self.batch_size = batch_size
         self.knn_backend = knn_backend
         self.num_workers = num_workers
@@ -389,8 +393,9 @@ class Detector:
         manifest, files = read_model(Path(folder))
         config = DetectorConfig(**manifest["config"])
         settings.setdefault("precision", manifest["precision"])
-        # models written before fit_precision existed were fitted in their test-time precision
-        settings.setdefault("fit_precision", manifest.get("fit_precision", manifest["precision"]))
+        if settings.get("fit_precision") is None:  # refit (--add) in the precision the model was fitted in;
+            # models written before fit_precision existed were fitted in their test-time precision
+            settings["fit_precision"] = manifest.get("fit_precision", manifest["precision"])
         detector = cls(config, **settings)
         detector.projection_ = files.get("projection.safetensors", {}).get("projection")
         detector.weights_info_ = WeightsInfo(path=None, **manifest["weights"])
