@@ -49,7 +49,7 @@ import torch
 from .backbone import CONFIGS, ViTConfig, build_vit
 from .data import DataError, iter_batches, load_image, load_mvtec
 from .detector import Detector, DetectorConfig
-from .features import FeatureExtractor, cpu_bf16_flags, resolve_precision
+from .features import cpu_bf16_flags, resolve_precision
 from .maps import anomaly_maps, pool
 from .weights import WeightsError, WeightsInfo, load_backbone
 
@@ -164,12 +164,6 @@ def get_backbone(name: str, weights: str | None = None, random_weights: bool = F
     return model, info, RANDOM_LABEL
 
 
-def _attach(det: Detector, model, info: WeightsInfo) -> FeatureExtractor:
-    """Give a Detector an already built backbone; its test-time extractor."""
-    det.use_backbone(model, info)
-    return det.extractor()
-
-
 # -- the two kinds of job -------------------------------------------------------------------------
 def _setup(spec: dict):
     if spec.get("threads"):
@@ -192,17 +186,16 @@ def fit_job(spec: dict) -> dict:
     dets = {r: Detector(_config(spec, r), precision=spec["precision"], fit_precision=spec["precision"],
                         device=str(device), batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False)
             for r in ratios}
+    for det in dets.values():
+        det.use_backbone(model, info)
     first = dets[ratios[0]]
-    _attach(first, model, info)
     paths = [Path(p) for p in spec["train"]]
     t = time.perf_counter()
-    features = first.extract(paths)
+    features = first.extract(paths, precision=first.fit_precision)
     extract_s = time.perf_counter() - t
 
     rows = {}
     for r, det in dets.items():
-        if det is not first:
-            _attach(det, model, info)
         t = time.perf_counter()
         fitted = det.fit_features(spec["category"], features, [str(p) for p in paths])
         fit_s = time.perf_counter() - t
@@ -242,7 +235,8 @@ def test_job(spec: dict) -> dict:
     det = Detector.load(Path(spec["model"]), precision=spec["precision"], device=str(device),
                         batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False,
                         compile=spec.get("compile", False))
-    extractor = _attach(det, model, info)
+    det.use_backbone(model, info)
+    extractor = det.extractor()
     cfg = det.config
     category = spec["category"]
     bank = det.memory_bank(category)
