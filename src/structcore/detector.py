@@ -177,11 +177,14 @@ class Detector:
         self._backbone = backbone
         self._extractors = {}
 
+    def _ensure_backbone(self):
+        if self._backbone is None:
+            self.use_backbone(*load_backbone(self.config.backbone, self.weights))
+
     def extractor(self, precision: str | None = None) -> FeatureExtractor:
         """The extractor of ``precision`` (default: the test-time precision), built on first use."""
         precision = precision or self.precision
-        if self._backbone is None:
-            self.use_backbone(*load_backbone(self.config.backbone, self.weights))
+        self._ensure_backbone()
         if precision not in self._extractors:
             self._extractors[precision] = FeatureExtractor(
                 self._backbone, self.config.blocks, self.projection_, precision, self.device, self.compile
@@ -352,7 +355,7 @@ class Detector:
     def save(self, folder: str | Path) -> Path:
         """Write the model folder atomically: manifest.json, projection and one file per category."""
         self._require_fitted()
-        self.extractor()
+        self._ensure_backbone()  # the manifest records the weights' sha256
         categories, files = {}, {}
         if self.projection_ is not None:
             files["projection.safetensors"] = {"projection": self.projection_}
