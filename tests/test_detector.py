@@ -89,6 +89,12 @@ def test_train_images_go_through_the_fit_precision_and_test_images_through_the_p
     det.save(tmp_path / "m")
     again = Detector.load(tmp_path / "m", progress=False)
     assert (again.precision, again.fit_precision) == ("bf16", "fp32")
+    # a model fitted in bf16 keeps refitting (fit --add) in bf16 unless asked otherwise (the CLI passes None)
+    bf16_fit = Detector(DetectorConfig(**TINY), precision="fp32", fit_precision="bf16", progress=False, batch_size=4)
+    bf16_fit.fit("widget", train)
+    bf16_fit.save(tmp_path / "b")
+    assert Detector.load(tmp_path / "b", progress=False, fit_precision=None).fit_precision == "bf16"
+    assert Detector.load(tmp_path / "b", progress=False, fit_precision="fp32").fit_precision == "fp32"
 
 
 def test_adding_a_category_leaves_the_others_untouched_and_routing(synthetic_mvtec, tiny_backbone, tmp_path):
