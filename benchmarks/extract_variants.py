@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from structcore.backbone import VisionTransformer
+from structcore.vit import VisionTransformer, resolve_blocks
 from structcore.features import SKIP5, FeatureExtractor, fuse_layers, random_projection
 from structcore.speed import get_backbone, matmul_tflops, projection_gflops, vit_gflops
 
@@ -59,7 +59,7 @@ class FastBF16:
 
     def patch_tokens(self, images: torch.Tensor, blocks, pad_to: int = 0) -> list[torch.Tensor]:
         m = self.model
-        wanted = m.resolve_blocks(list(blocks))
+        wanted = resolve_blocks(list(blocks), m.depth)
         heads = m.cfg.num_heads
         skip = 1 + m.cfg.num_registers
         x = m._tokens(images.float())  # fp32 residual stream [B, N, C]

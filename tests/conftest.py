@@ -7,19 +7,30 @@ import pytest
 import torch
 from PIL import Image
 
-from structcore.backbone import VisionTransformer, ViTConfig
+from structcore.backbones import register_backbone
+from structcore.vit import VisionTransformer, ViTConfig
+from structcore.weights import WeightsInfo
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MVTEC = SHARED_DATA / "mvtec_ad"
 
 
-@pytest.fixture(scope="session")
-def tiny_vit() -> VisionTransformer:
+def _tiny_vit() -> VisionTransformer:
     """The real ViT class with 4 blocks of width 48, random weights (seeded)."""
     torch.manual_seed(0)
-    model = VisionTransformer(ViTConfig(embed_dim=48, depth=4, num_heads=3, pos_grid=4))
-    return model.eval()
+    return VisionTransformer(ViTConfig(embed_dim=48, depth=4, num_heads=3, pos_grid=4)).eval()
+
+
+TINY_VIT = _tiny_vit()
+TINY_INFO = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
+# registered at import, so test modules can build DetectorConfig(backbone="tiny") at their top level
+register_backbone("tiny", lambda weights=None: (TINY_VIT, TINY_INFO), embed_dim=48, patch_size=14, depth=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> VisionTransformer:
+    return TINY_VIT
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +73,7 @@ def synthetic_mvtec(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_backbone(monkeypatch, tiny_vit):
-    """Make every Detector use the tiny random ViT instead of loading real weights."""
-    from structcore import detector
-    from structcore.weights import WeightsInfo
-
-    info = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
-    monkeypatch.setattr(detector, "load_backbone", lambda name, weights=None, **kw: (tiny_vit, info))
-    return tiny_vit
+@pytest.fixture(scope="session")
+def tiny_backbone() -> str:
+    """The registry name of the tiny random ViT (use it as DetectorConfig.backbone)."""
+    return "tiny"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from structcore import benchmark
-from structcore.benchmark import Ablations, calibrate_from_phi, pick_examples, run_benchmark
+from structcore.benchmark import Ablations, pick_examples, run_benchmark
 from structcore.data import Category, Sample, load_mvtec
 from structcore.detector import DetectorConfig
 from structcore.structure import COMPONENTS, StructCalibration, descriptor
 from structcore.weights import WeightsInfo
 
-TINY = DetectorConfig(resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
+TINY = DetectorConfig(backbone="tiny", resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
 INFO = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
 ALL = Ablations(
     components=True, distances=True, lambdas=(0.05, 0.2), layers=True, layer_sets=((-1, -3),), calibration=True,
@@ -173,18 +173,6 @@ def test_ablations_reuse_maps_and_agree_with_the_main_results(synthetic_mvtec, t
     assert rows[0][:3] == ["Category", "Base", "{sigma_S}"] and rows[-1][0] == "Mean"
 
 
-def test_calibrate_from_phi_is_structcalibration_fit():
-    rng = np.random.default_rng(0)
-    maps = rng.gamma(2.0, 1.0, (12, 20, 20)).astype(np.float32)
-    base = maps.reshape(12, -1).max(1)
-    phi = descriptor(maps, COMPONENTS, 0.01)
-    for comps, dist, lam in ((("std", "topk", "tv"), "mahalanobis", None), (("tv", "std"), "cosine", 0.1)):
-        ref = StructCalibration.fit(maps, base, comps, 0.01, dist, lam, 0.995)
-        got = calibrate_from_phi(phi[:, [COMPONENTS.index(c) for c in comps]], base, comps, 0.01, dist, lam, 0.995)
-        assert np.allclose(got.mu, ref.mu) and np.allclose(got.sigma, ref.sigma)
-        assert got.lam == pytest.approx(ref.lam) and got.thresholds == pytest.approx(ref.thresholds)
-
-
 def test_pick_examples_mixes_good_and_defect_types(tmp_path):
     test = [Sample(tmp_path / f"g{i}.png", 0, "good") for i in range(10)]
     test += [Sample(tmp_path / f"a{i}.png", 1, "crack") for i in range(5)]
@@ -213,7 +201,7 @@ def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch
     ab = benchmark.ablations_from_args(parser.parse_args([*base, "--ablate-all"]))
     assert ab.components and ab.distances and ab.layers and ab.calibration and ab.descriptor_on and ab.lambdas
     args = parser.parse_args([
-        *base, "--categories", "widget", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
+        *base, "--categories", "widget", "--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
         "--projection-dim", "16", "--coreset-ratios", "0.25", "--feature-cache", str(tmp_path / "cache"),
         "--precision", "fp32", "--quiet", "--ablate-components", "--layer-sets=-1,-2",
     ])

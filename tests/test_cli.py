@@ -6,7 +6,7 @@ from PIL import Image
 
 from structcore.cli import main
 
-TINY = ["--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--coreset-ratio", "0.25",
+TINY = ["--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--coreset-ratio", "0.25",
         "--precision", "fp32", "--quiet"]
 
 
@@ -20,7 +20,7 @@ def test_fit_then_predict_writes_everything(synthetic_mvtec, tiny_backbone, tmp_
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 6 and json.loads((out / "predictions.json").read_text())[0].keys() == rows[0].keys()
     for r in rows:
-        assert r["decision"] in ("accept", "reject")
+        assert r["decision"] == ("reject" if float(r["hybrid_score"]) > float(r["hybrid_threshold"]) else "accept")
         assert np.load(out / r["map"]).shape == (56, 56)
         assert Image.open(out / r["overlay"]).size == (56, 56)
         assert float(r["hybrid_score"]) >= float(r["base_score"])

@@ -10,21 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from structcore.data import (
-    IMAGE_EXTENSIONS,
-    Category,
-    DataError,
-    Sample,
-    image_size,
-    iter_batches,
-    list_images,
-    load_folder,
-    load_image,
-    load_mask,
-    load_mvtec,
-    load_visa,
-    mask_for_crop,
-)
+from structcore.data import Category, Sample, iter_batches, list_images, load_folder, load_mvtec, load_visa
+from structcore.errors import DataError
+from structcore.features import Preprocess
+from structcore.images import IMAGE_EXTENSIONS, image_size, load_image, load_mask
 
 
 def rgb_array(h=12, w=16, seed=0) -> np.ndarray:
@@ -221,11 +210,11 @@ def test_mask_wrong_size_raises_naming_it(tmp_path):
         load_mask(path, size=(20, 12))
 
 
-def test_mask_for_crop_direct():
+def test_preprocess_mask_direct():
     rng = np.random.default_rng(1)
     for h, w, resize, crop in [(900, 900, 448, 392), (512, 512, 448, 392), (768, 1024, 448, 392), (7, 5, 16, 14)]:
         m = rng.random((h, w)) > 0.5
-        got = mask_for_crop(m, resize, crop)
+        got = Preprocess(resize=resize, crop=crop, patch_size=1).mask(m)
         assert got.shape == (crop, crop) and got.dtype == bool
         # direct: destination pixel centre -> source pixel, then torchvision's crop offset
         top = int(round((resize - crop) / 2.0))
@@ -237,11 +226,11 @@ def test_mask_for_crop_direct():
         np.testing.assert_array_equal(got, t[0, 0, top : top + crop, top : top + crop].numpy() > 0)
 
 
-def test_mask_for_crop_small_example():
+def test_preprocess_mask_small_example():
     m = np.zeros((4, 4), bool)
     m[0, 0] = True
     # 4 -> 8 doubles each pixel; crop 6 starts at 1: the top-left 2x2 block becomes 1x1 at (0, 0)
-    got = mask_for_crop(m, 8, 6)
+    got = Preprocess(resize=8, crop=6, patch_size=1).mask(m)
     expected = np.zeros((6, 6), bool)
     expected[0, 0] = True
     np.testing.assert_array_equal(got, expected)

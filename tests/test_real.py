@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structcore.data import load_mask, load_mvtec, mask_for_crop
+from structcore.data import load_mvtec
+from structcore.images import load_mask
 from structcore.detector import Detector, DetectorConfig
 from structcore.metrics import image_metrics, pixel_metrics
 
@@ -44,7 +45,7 @@ def test_bottle_detection_and_localisation(categories, bottle_detector):
         assert image_metrics(labels, scores)["auroc"] > 0.97, name
     cfg = bottle_detector.config
     masks = np.stack(
-        [mask_for_crop(load_mask(s.mask_path), cfg.resize, cfg.crop) if s.mask_path else np.zeros((cfg.crop,) * 2, bool)
+        [cfg.preprocess.mask(load_mask(s.mask_path)) if s.mask_path else np.zeros((cfg.crop,) * 2, bool)
          for s in test]
     )
     maps = np.stack([p.anomaly_map for p in preds])

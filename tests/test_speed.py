@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from structcore import speed
-from structcore.backbone import CONFIGS, ViTConfig
+from structcore.vit import CONFIGS, ViTConfig
 from structcore.weights import WeightsInfo
 
 ROW_KEYS = {

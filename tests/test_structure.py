@@ -60,7 +60,7 @@ def test_calibration_lambda_auto_and_thresholds():
     rng = np.random.default_rng(2)
     maps = rng.random((40, 8, 8))
     base = maps.reshape(40, -1).max(1)
-    c = StructCalibration.fit(maps, base)
+    c = StructCalibration.from_maps(maps, base)
     phi = descriptor(maps)
     d = np.linalg.norm((phi - phi.mean(0)) / (phi.std(0) + 1e-6), axis=1)
     assert c.lam == pytest.approx(base.std() / (d.std() + 1e-6))
@@ -69,7 +69,7 @@ def test_calibration_lambda_auto_and_thresholds():
     assert np.allclose(scores["hybrid"], base + c.lam * d)
     assert c.thresholds["hybrid"] == pytest.approx(np.quantile(base + c.lam * d, 0.995))
     assert (scores["hybrid"] > c.thresholds["hybrid"]).sum() <= 1
-    fixed = StructCalibration.fit(maps, base, lam=0.1)
+    fixed = StructCalibration.from_maps(maps, base, lam=0.1)
     assert fixed.lam == 0.1
 
 
@@ -77,7 +77,7 @@ def test_constant_descriptor_dimension_stays_finite():
     maps = np.ones((5, 6, 6))
     maps[:, 0, 0] = np.arange(5)  # std/topk vary, but make tv... all finite anyway
     flat = np.ones((5, 6, 6))  # every dimension has zero std
-    c = StructCalibration.fit(flat, np.ones(5))
+    c = StructCalibration.from_maps(flat, np.ones(5))
     s = c.scores(maps, np.ones(5))
     assert all(np.isfinite(v).all() for v in s.values())
     assert c.lam == 0.0
@@ -85,4 +85,4 @@ def test_constant_descriptor_dimension_stays_finite():
 
 def test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2"):
-        StructCalibration.fit(np.ones((1, 4, 4)), np.ones(1))
+        StructCalibration.from_maps(np.ones((1, 4, 4)), np.ones(1))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from structcore import weights
-from structcore.backbone import CONFIGS
+from structcore.vit import CONFIGS
 from structcore.weights import (
     WeightsError,
     available_weights,

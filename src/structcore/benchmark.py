@@ -91,9 +91,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import detector as detector_module
-from .data import Category, DataError, image_size, load_folder, load_image, load_mask, load_mvtec, load_visa, mask_for_crop
-from .detector import FIT_PRECISION, Detector, DetectorConfig, ScoredMaps
+from .backbones import load_backbone
+from .data import Category, load_folder, load_mvtec, load_visa
+from .errors import DataError
+from .features import Preprocess
+from .images import image_size, load_image, load_mask
+from .config import DetectorConfig
+from .detector import FIT_PRECISION, Detector
+from .scoring import ScoredImages
 from .feature_cache import CacheContext, FeatureCache, default_folder
 from .features import FeatureExtractor, resolve_precision
 from .maps import anomaly_maps, pool
@@ -245,17 +250,11 @@ def calibrate_from_phi(
     quantile: float,
 ) -> StructCalibration:
     """:meth:`StructCalibration.fit` from precomputed descriptors (columns already selected)."""
-    mu, sigma = phi_train.mean(0), phi_train.std(0)
-    d = structural_distance(phi_train, mu, sigma, distance)
-    if lam is None:
-        lam = float(np.std(base_train) / (np.std(d) + EPS))
-    cal = StructCalibration(tuple(components), top_ratio, distance, mu, sigma, float(lam), thresholds={})
-    cal.thresholds = {n: float(np.quantile(s, quantile)) for n, s in cal.combine(base_train, d).items()}
-    return cal
+    return StructCalibration.fit(phi_train, base_train, components, top_ratio, distance, lam, quantile)
 
 
 def _scores_from_phi(cal: StructCalibration, phi: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
-    return cal.combine(base, structural_distance(phi, cal.mu, cal.sigma, cal.distance))
+    return cal.scores_from_descriptors(phi, base)
 
 
 def _cols(components: tuple[str, ...]) -> list[int]:
@@ -277,42 +276,25 @@ class CalibrationMaps:
 def calibration_maps(
     det: Detector, category: str, features: torch.Tensor, mode: str | None = None, chunk: int = 64
 ) -> CalibrationMaps:
-    """Recompute what :meth:`Detector.fit_features` calibrated on (``mode`` defaults to the config's).
+    """What :meth:`Detector.fit_features` calibrated on (``mode`` defaults to the config's).
 
-    Uses ``calibration_split``, ``memory_bank``, ``patch_grids`` and ``descriptor_input`` (mirrors fit_features).
     ``mode`` "in-sample" or "leave-one-out" assume the bank was built from every train image.
     """
     cfg = det.config
     mode = mode or cfg.calibration
-    n = len(features)
-    if mode == cfg.calibration:
-        _, calib_ids = det.calibration_split(n)
-    else:
-        calib_ids = np.arange(n)
+    record = det.categories_[category].calibration_record
+    if mode == cfg.calibration and record is not None:
+        return CalibrationMaps(ids=record.ids, base=record.base, scores=record.scores, phi_map=record.phi_map,
+                               phi_grid=record.phi_grid)
+    calib_ids = np.arange(len(features))
     exclude = calib_ids if mode == "leave-one-out" else None
-    grids = det.patch_grids(det.memory_bank(category), features[calib_ids], exclude)
-    cal = det.categories_[category].calibration
-    base, phi_map, scores = [], [], []
-    for start in range(0, len(grids), chunk):  # full-resolution maps of a chunk at a time
-        g = grids[start : start + chunk]
-        maps = anomaly_maps(g, (cfg.crop, cfg.crop), cfg.sigma)
-        b = pool(maps, cfg.pooling)
-        base.append(b)
-        phi_map.append(descriptor(maps, COMPONENTS, cfg.top_ratio))
-        if mode == cfg.calibration:
-            scores.append(cal.scores(det.descriptor_input(maps, g), b))
-    return CalibrationMaps(
-        ids=np.asarray(calib_ids),
-        base=np.concatenate(base),
-        scores={s: np.concatenate([c[s] for c in scores]) for s in SCORES} if scores else {},
-        phi_map=np.concatenate(phi_map),
-        phi_grid=descriptor(grids.numpy(), COMPONENTS, cfg.top_ratio),
-    )
+    s = det.pipeline.run(det.memory_bank(category), features[calib_ids], exclude_images=exclude, keep_maps=False, chunk=chunk)
+    return CalibrationMaps(ids=calib_ids, base=s.base, scores={}, phi_map=s.phi_map, phi_grid=s.phi_grid)
 
 
 def patch_grids_of(det: Detector, category: str, features: torch.Tensor) -> np.ndarray:
     """Raw kNN patch grids ``[B, rows, cols]`` of test features (what score_features upsamples)."""
-    return det.patch_grids(det.memory_bank(category), features).numpy()
+    return det.pipeline.grids(det.memory_bank(category), features).numpy()
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -334,7 +316,7 @@ def _crop_masks(cat: Category, resize: int, crop: int) -> np.ndarray | None:
     out = np.zeros((len(cat.test), crop, crop), dtype=bool)
     for i, s in enumerate(cat.test):
         if s.mask_path is not None:
-            out[i] = mask_for_crop(load_mask(s.mask_path, image_size(s.path)), resize, crop)
+            out[i] = Preprocess(resize=resize, crop=crop).mask(load_mask(s.mask_path, image_size(s.path)))
     return out
 
 
@@ -406,7 +388,7 @@ class _Run:
         self.precision = resolve_precision(precision, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         if backbone is None:
-            backbone = detector_module.load_backbone(config.backbone, weights)
+            backbone = load_backbone(config.backbone, weights)
         self.backbone, self.weights_info = backbone
         # (extractor, cache context) per backbone precision: train images in fit_precision, test images in precision
         self.extractors = {
@@ -618,7 +600,7 @@ class _Run:
                     with self.timer("ablations"):
                         self._category_ablations(cat, det, info, feats, sc, labels)
 
-    def _routed_scores(self, det, name, feats, sc: ScoredMaps, routes: list[str]) -> ScoredMaps:
+    def _routed_scores(self, det, name, feats, sc: ScoredImages, routes: list[str]) -> ScoredImages:
         wrong = [i for i, r in enumerate(routes) if r != name]
         if not wrong:
             return sc
@@ -630,7 +612,7 @@ class _Run:
             maps[rows] = other.maps
             for s in SCORES:
                 scores[s][rows] = other.scores[s]
-        return ScoredMaps(maps=maps, scores=scores)
+        return replace(sc, maps=maps, scores=scores)
 
     # files for the figures --------------------------------------------------------------------------------
     def _write_scores(self, cat, det, calib: CalibrationMaps, sc, routed, routes, labels):
@@ -661,10 +643,8 @@ class _Run:
         chosen = pick_examples(cat, self.max_maps)
         if not chosen:
             return
-        from .visualize import cropped_view
-
         pre = det.config.preprocess
-        images = np.stack([np.asarray(cropped_view(load_image(cat.test[i].path), pre)) for i in chosen])
+        images = np.stack([np.asarray(pre.view(load_image(cat.test[i].path))) for i in chosen])
         thresholds = det.categories_[cat.name].calibration.thresholds
         np.savez_compressed(
             self.out / "maps" / f"{cat.name}.npz",
@@ -686,7 +666,7 @@ class _Run:
         entry = self.ablation_data.setdefault(name, {}).setdefault(label, {})
         entry[category] = {**_image_metrics(labels, scores), **(extra or {})}
 
-    def _category_ablations(self, cat, det, info, feats, sc: ScoredMaps, labels):
+    def _category_ablations(self, cat, det, info, feats, sc: ScoredImages, labels):
         ab, cfg = self.ablations, det.config
         calib: CalibrationMaps = info["calib"]
         base_te = np.asarray(sc.scores["base"], np.float64)
@@ -1044,7 +1024,7 @@ def summary_text(results: dict) -> str:
 
 # -- command line ---------------------------------------------------------------------------------------------
 def register(subparsers) -> argparse.ArgumentParser:
-    from .cli import add_model_options, add_runtime_options
+    from .cli.options import add_model_options, add_runtime_options
 
     p = subparsers.add_parser(
         "benchmark",
@@ -1105,7 +1085,7 @@ def ablations_from_args(args) -> Ablations:
 
 
 def cmd_benchmark(args):
-    from .cli import config_from_args, runtime_from_args
+    from .cli.options import config_from_args, runtime_from_args
 
     config = config_from_args(args)
     rt = runtime_from_args(args)

@@ -1,193 +1,23 @@
-"""Image loading and dataset layouts (MVTec AD, VisA, plain folders) and background decoding.
+"""Dataset layouts (MVTec AD, VisA, plain folders) and background decoding of image batches.
 
-Everything that can go wrong with the data raises :class:`DataError` with a message that names the file or
-folder, says what is wrong and, where it helps, what to do about it.
-
-Decoding decisions made by :func:`load_image` (all images become 8-bit RGB):
-
-* **Alpha** (LA, RGBA, PA, palette transparency) is dropped: the stored colour values are kept as they
-  are. In inspection imagery an alpha channel is almost always an export artefact (fully opaque); the
-  camera's pixel values are the signal, and compositing over a matte colour would invent pixels that the
-  camera never recorded (and make results depend on an arbitrary matte colour).
-* **16-bit** grayscale (``I;16*``, and ``I`` as 16-bit PNGs load in older Pillow) is scaled by the bit depth
-  of the container, ``round(v * 255 / 65535)``, never clipped and never stretched per image: per-image
-  min/max stretching would make the same gray level look different in different images, which is exactly
-  what an anomaly detector must not see. (Data that uses only 12 of the 16 bits comes out dark, but
-  consistently so across the data set.) 16-bit RGB files are reduced to 8 bits by Pillow itself.
-* **32-bit integer** (``I``) data outside 0..65535 and **32-bit float** (``F``) images are rejected: their
-  value range is not defined by the format (a float image may hold 0..1, 0..255, depths in millimetres...),
-  so any mapping to 8 bits would be a guess. Convert such files to 8- or 16-bit first.
-* **EXIF orientation** is applied (``ImageOps.exif_transpose``), so images appear the way viewers show them;
-  masks get the same treatment. A malformed EXIF block only gives a warning.
-* CMYK, YCbCr, HSV, 1-bit and palette images are converted with Pillow's ``convert("RGB")``.
-* Truncated or corrupt files are errors (the pixels are decoded inside the check), never half-gray images.
+Everything that can go wrong with a layout raises :class:`~structcore.errors.DataError` naming the file or
+folder, what is wrong and, where it helps, what to do about it. Decoding itself is :mod:`structcore.images`.
 """
 
 from __future__ import annotations
 
 import csv
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-#: Mask formats whose compression is lossy: their masks are thresholded at half range, not at 0.
-_LOSSY_EXTENSIONS = {".jpg", ".jpeg", ".webp"}
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-
-
-class DataError(ValueError):
-    """A problem with the input data (a file, a folder or a data set layout)."""
-
-
-# -- images and masks ---------------------------------------------------------------------------
-def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-
-
-def _open_decoded(path: Path, what: str) -> Image.Image:
-    """Open ``path``, decode every pixel and apply the EXIF orientation; errors become DataError."""
-    if not path.exists():
-        raise DataError(f"{path}: no such {what} file")
-    if not path.is_file():
-        raise DataError(f"{path}: is a folder, not an {what} file")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncated / corrupt data fails here and not later
-            try:
-                out = ImageOps.exif_transpose(im)
-            except Exception as e:  # a broken EXIF block should not make an image unusable
-                warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({e})", stacklevel=3)
-                out = im.copy()
-            if out is im:  # older Pillow may return the same object; detach from the file
-                out = im.copy()
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: image is too large to decode safely ({e})") from e
-    except Exception as e:
-        raise DataError(
-            f"{path}: cannot read this {what} file ({type(e).__name__}: {e}); "
-            "it is corrupt, truncated or not an image - replace or remove it"
-        ) from e
-    return out
-
-
-def _scale_16bit(path: Path, im: Image.Image) -> Image.Image:
-    a = np.asarray(im)
-    if im.mode == "I":  # 32-bit signed container (how Pillow < 10.? loads 16-bit PNGs)
-        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if lo < 0 or hi > 65535:
-            raise DataError(
-                f"{path}: 32-bit integer image with values {lo}..{hi}, outside the 16-bit range; "
-                "there is no defined way to map it to 8 bits - convert it to an 8- or 16-bit image"
-            )
-    a8 = np.rint(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    return Image.fromarray(a8)  # 2-D uint8 -> mode "L"
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Load an image file as an 8-bit ``"RGB"`` PIL image.
-
-    Handles 1-bit, L, LA, P/PA (palette), RGB, RGBA, CMYK, YCbCr, 16-bit grayscale PNG/TIFF, any of the
-    formats in :data:`IMAGE_EXTENSIONS`, and EXIF orientation. See the module docstring for the decisions:
-    alpha is dropped (not composited), 16-bit data is scaled by 255/65535, float images are rejected.
-    Raises :class:`DataError` naming the file if it is missing, corrupt, truncated or not an image.
-    """
-    path = Path(path)
-    im = _open_decoded(path, "image")
-    mode = im.mode
-    if mode == "F":
-        raise DataError(
-            f"{path}: 32-bit floating point image; its value range is not defined by the format, so it "
-            "cannot be mapped to 8 bits without guessing - convert it to an 8- or 16-bit image"
-        )
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        im = _scale_16bit(path, im)
-    elif mode in ("P", "PA"):
-        # via RGBA so that palette transparency is handled without warnings; the alpha is then dropped
-        im = im.convert("RGBA")
-    if im.mode == "RGB":
-        return im
-    try:
-        return im.convert("RGB")  # RGBA/LA -> RGB drops the alpha channel (no compositing)
-    except Exception as e:
-        raise DataError(f"{path}: unsupported image mode {mode!r} ({e}); convert the file to RGB") from e
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image as :func:`load_image` returns it, read from the header only.
-
-    Accounts for EXIF orientations that swap width and height. Raises :class:`DataError` if unreadable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            try:
-                orientation = im.getexif().get(0x0112, 1)
-            except Exception:
-                orientation = 1
-    except Exception as e:
-        raise DataError(f"{path}: cannot read this image file ({type(e).__name__}: {e})") from e
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Load a ground-truth mask as a boolean ``[H, W]`` array: ``True`` (defect) where the pixel is > 0.
-
-    Any mode is accepted: colour masks count a pixel as defect if any colour channel is > 0 (an alpha
-    channel is ignored, as for images); 16-bit and label-index masks (0/1/2...) work as they are.
-    Masks stored in a lossy format (JPEG, WebP) are thresholded at half range instead of 0, because
-    compression leaves small nonzero values around every edge.
-    ``size`` is the ``(width, height)`` of the image the mask belongs to; a mask of another size raises
-    :class:`DataError` naming the mask and both sizes.
-    """
-    path = Path(path)
-    im = _open_decoded(path, "mask")
-    if size is not None and tuple(im.size) != tuple(size):
-        raise DataError(
-            f"{path}: mask is {im.size[0]}x{im.size[1]} (width x height) but its image is "
-            f"{size[0]}x{size[1]}; masks must have exactly the size of their image"
-        )
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")
-    elif im.mode == "CMYK" or im.mode == "YCbCr":
-        im = im.convert("RGB")
-    a = np.asarray(im)
-    if a.ndim == 3:
-        if im.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-            a = a[..., :-1]  # ignore alpha
-        a = a.max(axis=-1)
-    if path.suffix.lower() in _LOSSY_EXTENSIONS:
-        return a >= 128
-    return a > 0
-
-
-def mask_for_crop(mask: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """Put a ``[H, W]`` mask through the images' geometry: resize to ``resize`` x ``resize`` (nearest
-    neighbour, pixel-centre aligned like Pillow's ``NEAREST``), then center-crop ``crop`` x ``crop`` with
-    the torchvision offset ``int(round((resize - crop) / 2))``. Returns a boolean ``[crop, crop]`` array.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
-    if not 0 < crop <= resize:
-        raise ValueError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
-    h, w = mask.shape
-    o = int(round((resize - crop) / 2.0))
-    dst = np.arange(o, o + crop, dtype=np.float64) + 0.5
-    rows = np.minimum(np.floor(dst * (h / resize)).astype(np.int64), h - 1)
-    cols = np.minimum(np.floor(dst * (w / resize)).astype(np.int64), w - 1)
-    return mask[np.ix_(rows, cols)] > 0
+from .errors import DataError
+from .images import IMAGE_EXTENSIONS, as_image, is_image_file, source_name
 
 
 # -- folders ------------------------------------------------------------------------------------
@@ -210,7 +40,7 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
         found = (p for p in folder.rglob("*") if not any(d.startswith(".") for d in p.relative_to(folder).parent.parts))
     else:
         found = folder.iterdir()
-    images = sorted(p for p in found if _is_image_file(p))
+    images = sorted(p for p in found if is_image_file(p))
     if not images:
         hint = ""
         subs = [] if recursive else _subfolders(folder)
@@ -248,7 +78,7 @@ class Category:
 
 
 def _mask_index(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if _is_image_file(p)) if folder.is_dir() else []
+    return sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
 
 
 def _assign_masks(
@@ -531,14 +361,16 @@ def load_folder(
 
 # -- background decoding ------------------------------------------------------------------------
 def iter_batches(
-    paths: Sequence[str | Path],
+    images: Sequence,
     transform: Callable[[Image.Image], torch.Tensor],
     batch_size: int,
     num_workers: int = 2,
     prefetch_batches: int = 2,
+    first_index: int = 0,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield ``(indices, batch)`` in order, ``batch = stack([transform(load_image(paths[i])) ...])``.
+    """Yield ``(indices, batch)`` in order, ``batch = stack([transform(as_image(images[i])) ...])``.
 
+    ``images`` holds paths, PIL images or arrays (``first_index`` numbers in-memory ones in messages).
     Images are decoded and transformed in ``num_workers`` background threads (Pillow releases the GIL
     while decoding and resizing), so the consumer rarely waits on PNG decoding. At most
     ``prefetch_batches`` batches are decoded ahead of the one being consumed, which keeps memory bounded.
@@ -547,18 +379,19 @@ def iter_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    paths = list(paths)
+    paths = list(images)
 
     def work(i: int) -> torch.Tensor:
-        return transform(load_image(paths[i]))
+        return transform(as_image(paths[i], source_name(paths[i], first_index + i)))
 
     def stack(idx: list[int], items: list[torch.Tensor]) -> torch.Tensor:
         shape = items[0].shape
         for i, t in zip(idx, items):
             if t.shape != shape:
                 raise ValueError(
-                    f"{paths[i]}: transform gave shape {tuple(t.shape)}, but {paths[idx[0]]} gave "
-                    f"{tuple(shape)}; the transform must give one size for all images"
+                    f"{source_name(paths[i], first_index + i)}: transform gave shape {tuple(t.shape)}, but "
+                    f"{source_name(paths[idx[0]], first_index + idx[0])} gave {tuple(shape)}; "
+                    "the transform must give one size for all images"
                 )
         return torch.stack(items)
 

@@ -1,13 +1,16 @@
 """The public detector: fit on good images per category, then score, route and decide.
 
 ``Detector.fit`` adds categories one at a time (adding one never refits another);
-``Detector.predict`` returns one :class:`Prediction` per image; ``save``/``load`` use a model folder
-of a ``manifest.json`` plus safetensors files (see :mod:`structcore.model_io`).
+``Detector.predict`` returns one :class:`Prediction` per image (``predict_stream`` yields them);
+``save``/``load`` use a model folder of a ``manifest.json`` plus safetensors files (see
+:mod:`structcore.model_io`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,74 +18,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import VisionTransformer
+from .backbones import Backbone, load_backbone
+from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
-from .features import SKIP5, FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
-from .knn import MemoryBank
-from .maps import anomaly_maps, pool
+from .errors import ConfigError, DataError, NotFittedError, UnknownCategoryError, WeightsError
+from .features import FeatureExtractor, fuse_layers, random_projection, resolve_precision
+from .images import source_name
+from .knn import BACKENDS, MemoryBank
 from .model_io import read_model, write_model
 from .router import route, routing_prototypes
-from .structure import COMPONENTS, StructCalibration
-from .weights import WeightsInfo, load_backbone
+from .scoring import SCORES, CalibrationRecord, ScoredImages, ScoringPipeline
+from .structure import StructCalibration
+from .weights import WeightsInfo
 
-CALIBRATIONS = ("in-sample", "leave-one-out", "held-out")
-SCORES = ("base", "struct", "hybrid")
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Everything that defines a fitted model. Defaults follow the paper (spec.md) except the backbone."""
-
-    backbone: str = "dinov2_vits14"
-    resize: int = 448
-    crop: int = 392
-    blocks: tuple[int, ...] = SKIP5
-    projection_dim: int | None = 512
-    seed: int = 42
-    coreset_ratio: float | None = 0.01
-    coreset_size: int | None = None
-    k: int = 5
-    sigma: float = 4.0
-    pooling: str = "max"
-    components: tuple[str, ...] = COMPONENTS
-    top_ratio: float = 0.01
-    distance: str = "mahalanobis"
-    lam: float | None = None
-    calibration: str = "in-sample"
-    heldout_fraction: float = 0.2
-    quantile: float = 0.995
-    descriptor_on: str = "map"
-    routing_prototypes: int = 64
-    decision_score: str = "hybrid"
-
-    def __post_init__(self):
-        if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-        if self.descriptor_on not in ("map", "grid"):
-            raise ValueError(f"descriptor_on must be 'map' or 'grid', got {self.descriptor_on!r}")
-        if self.decision_score not in SCORES:
-            raise ValueError(f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
-        if not 0 < self.quantile <= 1:
-            raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"held-out fraction must be in (0, 1), got {self.heldout_fraction}")
-        coreset_size(10**6, self.coreset_ratio, self.coreset_size)  # validates the pair
-        object.__setattr__(self, "blocks", tuple(self.blocks))
-        object.__setattr__(self, "components", tuple(self.components))
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess(resize=self.resize, crop=self.crop)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.crop // 14, self.crop // 14
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
 class CategoryModel:
-    """What a category keeps after fitting: bank (+ each entry's source image), prototypes, calibration."""
+    """What a category keeps after fitting: bank (+ each entry's source image), prototypes, calibration,
+    and the record of what the calibration was fitted on (None for models saved before it was kept)."""
 
     name: str
     bank: torch.Tensor
@@ -90,42 +46,40 @@ class CategoryModel:
     prototypes: torch.Tensor
     calibration: StructCalibration
     train_images: list[str]
+    calibration_record: CalibrationRecord | None = None
 
 
 @dataclass
 class Prediction:
-    """One scored image: its category, the three scores, the decision, and the anomaly map."""
+    """One scored image: its category, the three scores, the decision, and the anomaly map (crop frame;
+    None when predicted with ``maps=False``)."""
 
     path: str | None
     category: str
     scores: dict[str, float]
     thresholds: dict[str, float]
     decision_score: str
-    anomaly_map: np.ndarray = field(repr=False)
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def is_anomalous(self) -> bool:
         return self.scores[self.decision_score] > self.thresholds[self.decision_score]
 
-
-@dataclass
-class ScoredMaps:
-    """Maps and image scores of a batch of images for one category."""
-
-    maps: np.ndarray
-    scores: dict[str, np.ndarray]
+    @property
+    def decision(self) -> str:
+        return "reject" if self.is_anomalous else "accept"
 
 
 #: Backbone precision for train images unless asked otherwise: the memory bank then is the fp32 pipeline's.
 FIT_PRECISION = "fp32"
 
-
-class NotFittedError(RuntimeError):
-    pass
+_RECORD_KEYS = ("ids", "base", "phi_map", "phi_grid")  # CalibrationRecord fields, saved as calibration_<key>
+_RECORD_TENSORS = (*(f"calibration_{k}" for k in _RECORD_KEYS), *(f"calibration_score_{s}" for s in SCORES[1:]))
 
 
 class Detector:
-    """StructCore anomaly detector. ``__init__`` only stores settings; the backbone loads on first use.
+    """StructCore anomaly detector. ``__init__`` only stores and checks settings; the backbone loads on
+    first use (by ``config.backbone``'s registry entry, see :mod:`structcore.backbones`).
 
     ``precision`` is the backbone's for the images scored (``auto``: bf16 where the CPU or GPU has bf16
     matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
@@ -135,6 +89,7 @@ class Detector:
     def __init__(
         self,
         config: DetectorConfig | None = None,
+        *,
         weights: str | Path | None = None,
         precision: str = "auto",
         device: str = "auto",
@@ -145,35 +100,47 @@ class Detector:
         compile: bool = False,
         fit_precision: str | None = None,
     ):
+        if precision not in PRECISIONS or (fit_precision is not None and fit_precision not in PRECISIONS):
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r} / {fit_precision!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if knn_backend not in BACKENDS:
+            raise ConfigError(f"knn_backend must be one of {BACKENDS}, got {knn_backend!r}")
         self.config = config or DetectorConfig()
         self.compile = compile
         self.weights = weights
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        try:
+            self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        except RuntimeError as e:
+            raise ConfigError(f"device {device!r}: {e}") from None
         self.precision = resolve_precision(precision, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         self.batch_size = batch_size
         self.knn_backend = knn_backend
         self.num_workers = num_workers
         self.progress = progress
+        self.pipeline = ScoringPipeline(self.config)
         self.categories_: dict[str, CategoryModel] = {}
         self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
         self.projection_: torch.Tensor | None = None
         self.weights_info_: WeightsInfo | None = None
-        self._backbone: VisionTransformer | None = None
+        self._backbone: Backbone | None = None
         self._extractors: dict[str, FeatureExtractor] = {}  # by precision, sharing one backbone
         self._banks: dict[str, MemoryBank] = {}
 
     # -- features -------------------------------------------------------------------------------
-    def use_backbone(self, backbone: VisionTransformer, info: WeightsInfo):
+    def use_backbone(self, backbone: Backbone, info: WeightsInfo):
         """Use an already built backbone instead of loading ``config.backbone``'s weights on first use."""
         if self.weights_info_ is not None and info.sha256 != self.weights_info_.sha256:
-            raise RuntimeError(
+            raise WeightsError(
                 f"this model was fitted with {self.config.backbone} weights sha256 {self.weights_info_.sha256}, "
                 f"but the weights found now ({info.path}) have sha256 {info.sha256}; pass the original file "
                 "with --weights"
             )
         self.weights_info_ = info
-        self._ensure_projection(backbone.cfg.embed_dim * len(self.config.blocks))
+        self._ensure_projection(backbone.embed_dim * len(self.config.blocks))
         self._backbone = backbone
         self._extractors = {}
 
@@ -195,7 +162,7 @@ class Detector:
         if self.projection_ is None and self.config.projection_dim is not None:
             self.projection_ = random_projection(in_dim, self.config.projection_dim, self.config.seed)
         if self.projection_ is not None and self.projection_.shape[0] != in_dim:
-            raise ValueError(f"the model's projection expects {self.projection_.shape[0]} input channels, got {in_dim}")
+            raise ConfigError(f"the model's projection expects {self.projection_.shape[0]} input channels, got {in_dim}")
 
     def fuse(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Projected features ``[N, P, D]`` from raw block tokens (one ``[N, P, C]`` per config block).
@@ -205,33 +172,33 @@ class Detector:
         self._ensure_projection(sum(t.shape[-1] for t in layers))
         return fuse_layers(layers, self.projection_)
 
-    def extract(self, paths: list[Path], desc: str = "features", precision: str | None = None) -> torch.Tensor:
-        """Projected patch features ``[N, P, D]`` of image files (decoded in background threads).
-
-        ``precision``: the backbone's, default the test-time ``self.precision`` (:meth:`fit` passes
-        ``self.fit_precision``).
-        """
+    def extract(self, images, desc: str = "features", precision: str | None = None, first_index: int = 0) -> torch.Tensor:
+        """Projected patch features ``[N, P, D]`` of images (paths, PIL images or arrays; decoded in
+        background threads). ``precision``: the backbone's, default the test-time one."""
+        images = list(images)
+        if not images:
+            raise DataError("no images to extract features from")
         extractor = self.extractor(precision)
         out: torch.Tensor | None = None
-        batches = iter_batches(paths, self.config.preprocess, self.batch_size, self.num_workers)
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress) as bar:
-            for indices, images in batches:
-                feats = extractor(images).cpu()
+        batches = iter_batches(images, self.config.preprocess, self.batch_size, self.num_workers, first_index=first_index)
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not self.progress) as bar:
+            for indices, batch in batches:
+                feats = extractor(batch).cpu()
                 if out is None:
-                    out = torch.empty((len(paths), *feats.shape[1:]), dtype=torch.float32)
+                    out = torch.empty((len(images), *feats.shape[1:]), dtype=torch.float32)
                 out[indices[0] : indices[-1] + 1] = feats
                 bar.update(len(indices))
-        if out is None:
-            raise ValueError("no images to extract features from")
         return out
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, category: str, train_paths: list[Path]) -> CategoryModel:
-        """Fit (or refit) one category from its good training images; other categories are untouched."""
-        if not train_paths:
-            raise ValueError(f"category {category!r} has no training images")
-        features = self.extract(train_paths, desc=f"{category}: train features", precision=self.fit_precision)
-        return self.fit_features(category, features, [str(p) for p in train_paths])
+    def fit(self, category: str, images) -> CategoryModel:
+        """Fit (or refit) one category from its good training images (paths, PIL images or arrays);
+        other categories are untouched."""
+        images = list(images)
+        if not images:
+            raise DataError(f"category {category!r} has no training images")
+        features = self.extract(images, desc=f"{category}: train features", precision=self.fit_precision)
+        return self.fit_features(category, features, [source_name(s, i) for i, s in enumerate(images)])
 
     def fit_features(self, category: str, features: torch.Tensor, train_images: list[str]) -> CategoryModel:
         """Fit a category from already extracted train-good features ``[N, P, D]``."""
@@ -239,7 +206,7 @@ class Detector:
         n = features.shape[0]
         need = {"in-sample": 2, "leave-one-out": 2, "held-out": 3}[cfg.calibration]
         if n < need:
-            raise ValueError(
+            raise DataError(
                 f"category {category!r} has {n} training image(s); {cfg.calibration} calibration of StructCore "
                 f"needs at least {need} (a few dozen give stable thresholds)"
             )
@@ -253,14 +220,11 @@ class Detector:
         coreset_s = time.perf_counter() - started
         bank = MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
         exclude = calib_ids if cfg.calibration == "leave-one-out" else None
-        started = time.perf_counter()
-        grids = self.patch_grids(bank, features[calib_ids], exclude)
-        self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": time.perf_counter() - started}
-        maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
-        base = pool(maps, cfg.pooling)
-        calibration = StructCalibration.fit(
-            self.descriptor_input(maps, grids), base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam, cfg.quantile
-        )
+        stages: dict[str, float] = {}
+        pipeline = ScoringPipeline(cfg, on_stage=stages.__setitem__)
+        scored = pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False)
+        self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"]}
+        calibration, record = pipeline.calibrate(scored, calib_ids)
         model = CategoryModel(
             name=category,
             bank=bank.entries,
@@ -268,6 +232,7 @@ class Detector:
             prototypes=routing_prototypes(features.reshape(-1, features.shape[-1]), cfg.routing_prototypes, cfg.seed),
             calibration=calibration,
             train_images=train_images,
+            calibration_record=record,
         )
         self.categories_[category] = model
         self._banks[category] = bank
@@ -282,74 +247,63 @@ class Detector:
         n_calib = min(n - 1, max(2, round(n * self.config.heldout_fraction)))
         return np.sort(order[n_calib:]), np.sort(order[:n_calib])
 
-    def patch_grids(
-        self, bank: MemoryBank, features: torch.Tensor, exclude_images: np.ndarray | None = None
-    ) -> torch.Tensor:
-        """kNN patch-score grids ``[B, rows, cols]``; ``exclude_images[i]`` is image i's own bank id."""
-        rows, cols = self.config.grid
-        if exclude_images is None:
-            scores = bank.patch_scores(features.reshape(-1, features.shape[-1]), self.config.k)
-            return scores.reshape(len(features), rows, cols)
-        grids = [bank.patch_scores(f, self.config.k, exclude_image=int(i)) for f, i in zip(features, exclude_images)]
-        return torch.stack(grids).reshape(len(features), rows, cols)
-
-    def descriptor_input(self, maps: np.ndarray, grids: torch.Tensor) -> np.ndarray:
-        """What phi is computed on: the final maps, or the raw kNN grids (``config.descriptor_on``)."""
-        return maps if self.config.descriptor_on == "map" else grids.numpy()
-
     # -- scoring --------------------------------------------------------------------------------
     def _require_fitted(self, category: str | None = None):
         if not self.categories_:
             raise NotFittedError("This Detector has no fitted category yet. Call fit(category, images) first.")
         if category is not None and category not in self.categories_:
             known = ", ".join(sorted(self.categories_))
-            raise KeyError(f"unknown category {category!r}; this model has: {known}")
+            raise UnknownCategoryError(f"unknown category {category!r}; this model has: {known}")
 
     def memory_bank(self, category: str) -> MemoryBank:
         """The fitted category's memory bank, ready for kNN queries (built once, then reused)."""
+        self._require_fitted(category)
         if category not in self._banks:
             m = self.categories_[category]
             self._banks[category] = MemoryBank(m.bank, m.bank_source, self.knn_backend, self.device)
         return self._banks[category]
 
-    def score_features(self, category: str, features: torch.Tensor) -> ScoredMaps:
+    def score_features(self, category: str, features: torch.Tensor, keep_maps: bool = True) -> ScoredImages:
         """Maps and base/struct/hybrid scores of features ``[B, P, D]`` against ``category``."""
         self._require_fitted(category)
-        cfg = self.config
-        grids = self.patch_grids(self.memory_bank(category), features)
-        maps = anomaly_maps(grids, (cfg.crop, cfg.crop), cfg.sigma)
-        scores = self.categories_[category].calibration.scores(self.descriptor_input(maps, grids), pool(maps, cfg.pooling))
-        return ScoredMaps(maps=maps, scores=scores)
+        return self.pipeline.run(
+            self.memory_bank(category), features, self.categories_[category].calibration, keep_maps=keep_maps
+        )
 
     def route(self, features: torch.Tensor) -> list[str]:
         """Routed category of each image's features ``[B, P, D]`` (paper eq. 3-4)."""
         self._require_fitted()
         return route(features, {name: m.prototypes for name, m in self.categories_.items()})
 
-    def predict(self, paths: list[Path], category: str | None = None) -> list[Prediction]:
-        """Score image files; with ``category=None`` each image is routed to a category first."""
+    def predict(self, images, category: str | None = None, *, maps: bool = True) -> list[Prediction]:
+        """Score images (paths, PIL images or arrays); with ``category=None`` each is routed first.
+        ``maps=False`` skips keeping the anomaly maps."""
+        return list(self.predict_stream(images, category, maps=maps))
+
+    def predict_stream(self, images: Iterable, category: str | None = None, *, maps: bool = True) -> Iterator[Prediction]:
+        """:meth:`predict` over any iterable, yielding predictions in order as their chunk is scored."""
         self._require_fitted(category)
-        predictions: list[Prediction] = []
-        for start in range(0, len(paths), self.batch_size * 8):
-            chunk = paths[start : start + self.batch_size * 8]
-            features = self.extract(chunk, desc="predict")
+        source = iter(images)
+        offset = 0
+        while chunk := list(itertools.islice(source, self.batch_size * 8)):
+            features = self.extract(chunk, desc="predict", first_index=offset)
             categories = [category] * len(chunk) if category else self.route(features)
             slots: list[Prediction | None] = [None] * len(chunk)
             for name in dict.fromkeys(categories):
                 rows = [i for i, c in enumerate(categories) if c == name]
-                scored = self.score_features(name, features[rows])
+                scored = self.score_features(name, features[rows], keep_maps=maps)
                 thresholds = self.categories_[name].calibration.thresholds
                 for j, i in enumerate(rows):
                     slots[i] = Prediction(
-                        path=str(chunk[i]),
+                        path=source_name(chunk[i], offset + i),
                         category=name,
                         scores={s: float(scored.scores[s][j]) for s in SCORES},
                         thresholds=dict(thresholds),
                         decision_score=self.config.decision_score,
-                        anomaly_map=scored.maps[j],
+                        anomaly_map=scored.maps[j] if maps else None,
                     )
-            predictions.extend(slots)
-        return predictions
+            yield from slots
+            offset += len(chunk)
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -362,13 +316,17 @@ class Detector:
         for i, (name, m) in enumerate(sorted(self.categories_.items())):
             file = f"category_{i:03d}.safetensors"
             c = m.calibration
-            files[file] = {
+            tensors = {
                 "bank": m.bank,
                 "bank_source": m.bank_source,
                 "prototypes": m.prototypes,
                 "mu": torch.from_numpy(c.mu),
                 "sigma": torch.from_numpy(c.sigma),
             }
+            if (r := m.calibration_record) is not None:
+                tensors.update({f"calibration_{k}": torch.from_numpy(np.asarray(getattr(r, k))) for k in _RECORD_KEYS})
+                tensors.update({f"calibration_score_{s}": torch.from_numpy(np.asarray(r.scores[s])) for s in SCORES[1:]})
+            files[file] = tensors
             categories[name] = {
                 "file": file,
                 "bank_size": len(m.bank),
@@ -413,7 +371,18 @@ class Detector:
                 lam=float(entry["lambda"]),
                 thresholds={k: float(v) for k, v in entry["thresholds"].items()},
             )
+            record = None
+            if all(k in t for k in _RECORD_TENSORS):
+                record = CalibrationRecord(
+                    **{k: t[f"calibration_{k}"].numpy() for k in _RECORD_KEYS},
+                    scores={"base": t["calibration_base"].numpy(), **{s: t[f"calibration_score_{s}"].numpy() for s in SCORES[1:]}},
+                )
             detector.categories_[name] = CategoryModel(
-                name, t["bank"], t["bank_source"], t["prototypes"], calibration, list(entry["train_images"])
+                name, t["bank"], t["bank_source"], t["prototypes"], calibration, list(entry["train_images"]), record
             )
         return detector
+
+
+def load_model(folder: str | Path, **settings) -> Detector:
+    """A fitted detector from a model folder (see :meth:`Detector.load`)."""
+    return Detector.load(folder, **settings)

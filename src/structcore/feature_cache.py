@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +42,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .vit import resolve_blocks
 from .data import iter_batches
+from .files import atomic_write
 from .features import FeatureExtractor, Preprocess
 
 KEY_VERSION = 1
@@ -149,7 +149,7 @@ class FeatureCache:
         paths = [Path(p) for p in paths]
         if not paths:
             raise ValueError("no images to extract features from")
-        wanted = extractor.backbone.resolve_blocks(list(blocks))
+        wanted = resolve_blocks(list(blocks), extractor.backbone.depth)
         finish = reduce if reduce is not None else (lambda layers: layers)
         if not self.enabled:
             parts = []
@@ -206,7 +206,7 @@ class FeatureCache:
                 shape = f.get_slice(f"block_{wanted[0]}").get_shape()
         except Exception:  # corrupt or truncated: extract again
             return False
-        return len(shape) == 2 and shape[1] == extractor.backbone.cfg.embed_dim
+        return len(shape) == 2 and shape[1] == extractor.backbone.embed_dim
 
     def _read(self, key: str, wanted: list[int]) -> list[torch.Tensor]:
         with safe_open(self.file_for(key), framework="pt") as f:
@@ -223,14 +223,7 @@ class FeatureCache:
             except Exception:
                 merged = {}
         merged.update(tensors)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in merged.items()}, tmp, metadata=metadata)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(file, lambda tmp: save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp), metadata=metadata))
 
 
 def _sub_extractor(extractor: FeatureExtractor, blocks: list[int]) -> FeatureExtractor:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone import VisionTransformer
+from .errors import ConfigError
+from .vit import resolve_blocks
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,29 +25,46 @@ SKIP5 = (-1, -3, -6, -9, -12)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to ``resize`` x ``resize`` (bilinear, antialiased), center-crop ``crop`` x ``crop``, normalise."""
+    """The image geometry: resize to ``resize`` x ``resize`` (bilinear, antialiased), center-crop
+    ``crop`` x ``crop``; then normalise. Images, masks and overlays all go through it."""
 
     resize: int = 448
     crop: int = 392
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    patch_size: int = 14
 
     def __post_init__(self):
-        if self.crop > self.resize:
-            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
-        if self.crop % 14:
-            raise ValueError(f"crop ({self.crop}) must be a multiple of the ViT patch size 14")
+        if not 0 < self.crop <= self.resize:
+            raise ConfigError(f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}")
+        if self.crop % self.patch_size:
+            raise ConfigError(f"crop ({self.crop}) must be a multiple of the ViT patch size {self.patch_size}")
 
     @property
     def offset(self) -> int:
         """Top/left offset of the center crop (rounded as torchvision's CenterCrop does)."""
         return int(round((self.resize - self.crop) / 2.0))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def view(self, image: Image.Image) -> Image.Image:
+        """The image as the model sees it (resized and center-cropped, not normalised), RGB."""
         image = image.convert("RGB").resize((self.resize, self.resize), Image.BILINEAR)
         o = self.offset
-        image = image.crop((o, o, o + self.crop, o + self.crop))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return image.crop((o, o, o + self.crop, o + self.crop))
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """A ``[H, W]`` mask in the crop frame, boolean ``[crop, crop]``: nearest-neighbour resize
+        (pixel-centre aligned like Pillow's ``NEAREST``), then the same center crop as the images."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
+        h, w = mask.shape
+        dst = np.arange(self.offset, self.offset + self.crop, dtype=np.float64) + 0.5
+        rows = np.minimum(np.floor(dst * (h / self.resize)).astype(np.int64), h - 1)
+        cols = np.minimum(np.floor(dst * (w / self.resize)).astype(np.int64), w - 1)
+        return mask[np.ix_(rows, cols)] > 0
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(self.view(image), dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
@@ -83,8 +101,8 @@ class FeatureExtractor:
         compile: bool = False,
     ):
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        backbone.resolve_blocks(list(blocks))
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        resolve_blocks(list(blocks), backbone.depth)
         self.backbone = backbone.to(device).eval()
         self.blocks = tuple(blocks)
         self.device = torch.device(device)
@@ -96,7 +114,7 @@ class FeatureExtractor:
 
     @property
     def in_dim(self) -> int:
-        return self.backbone.cfg.embed_dim * len(self.blocks)
+        return self.backbone.embed_dim * len(self.blocks)
 
     def layer_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Raw patch tokens of each selected block (in the backbone's compute dtype)."""

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from .errors import ConfigError
+
+POOLINGS = ("max", "mean", "topk")
+
 
 def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float = 4.0) -> np.ndarray:
     """Patch-score grids ``[B, h, w]`` -> final maps ``[B, H, W]`` (float32); ``sigma=0`` skips the blur."""
@@ -33,4 +37,4 @@ def pool(maps: np.ndarray, how: str = "max", top_ratio: float = 0.01) -> np.ndar
     if how == "topk":
         k = max(1, int(flat.shape[1] * top_ratio))
         return np.partition(flat, -k, axis=1)[:, -k:].mean(1)
-    raise ValueError(f"unknown pooling {how!r}; choose max, mean or topk")
+    raise ConfigError(f"unknown pooling {how!r}; choose one of {POOLINGS}")

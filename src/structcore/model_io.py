@@ -6,7 +6,6 @@ so an interrupted save leaves the previous model intact. Every file's sha256 is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,36 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .errors import ModelFileError
+from .files import fsync_path, new_file_mode, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-class ModelFileError(RuntimeError):
-    """A model folder that cannot be read: names the folder or file and what is wrong."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _new_file_mode() -> int:
-    """The mode the process's umask gives a new file (safetensors itself writes 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
@@ -58,18 +32,18 @@ def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.T
     tmp = folder.parent / f".{folder.name}.writing-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    mode = _new_file_mode()
+    mode = new_file_mode()
     try:
         sums = {}
         for name, tensors in files.items():
             path = tmp / name
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
             os.chmod(path, mode)
-            _fsync(path)
-            sums[name] = _sha256(path)
+            fsync_path(path)
+            sums[name] = sha256_file(path)
         full = {"format_version": FORMAT_VERSION, "structcore_version": __version__, **manifest, "files": sums}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False))
-        _fsync(tmp / MANIFEST)
+        fsync_path(tmp / MANIFEST)
         old = folder.parent / f".{folder.name}.old-{os.getpid()}"
         if folder.exists():
             os.replace(folder, old)
@@ -101,7 +75,7 @@ def read_model(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
         path = folder / name
         if not path.is_file():
             raise ModelFileError(f"{path} is listed in {MANIFEST} but missing")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ModelFileError(f"{path} does not match the sha256 in {MANIFEST}: the file is corrupt or was changed")
         try:
             files[name] = load_file(str(path))

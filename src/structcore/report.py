@@ -31,9 +31,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .data import load_image  # noqa: E402
+from .images import load_image  # noqa: E402
 from .features import Preprocess  # noqa: E402
-from .visualize import color_range, cropped_view, overlay  # noqa: E402
+from .visualize import color_range, overlay  # noqa: E402
 
 SCORES = ("base", "struct", "hybrid")
 IMAGE_METRICS = ("auroc", "ap", "f1_max")
@@ -385,7 +385,7 @@ def load_maps(maps_npz: str | Path, scores: CategoryScores | str | Path | None =
               config: dict | None = None) -> MapSamples:
     """Read ``maps/<category>.npz``; ``scores`` (default ``../scores/<stem>.json``) and ``config`` (default
     ``../results.json``'s) fill in what the file lacks. Images come from the file's ``images`` when present,
-    else from their paths through :func:`visualize.cropped_view` with the config's resize and crop."""
+    else from their paths through :meth:`Preprocess.view` with the config's resize and crop."""
     maps_npz = Path(maps_npz)
     out_dir = maps_npz.parent.parent
     if scores is None and (out_dir / "scores" / f"{maps_npz.stem}.json").is_file():
@@ -418,7 +418,7 @@ def load_maps(maps_npz: str | Path, scores: CategoryScores | str | Path | None =
             views.append(Image.fromarray(np.asarray(images[r], dtype=np.uint8)).convert("RGB"))
         else:
             file = _resolve_image(p, roots) if p else None
-            views.append(cropped_view(load_image(file), Preprocess(resize, crop)) if file is not None else None)
+            views.append(Preprocess(resize, crop).view(load_image(file)) if file is not None else None)
     per_image = []
     for r, i in enumerate(rows):
         if npz_scores:

@@ -46,12 +46,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import CONFIGS, ViTConfig, build_vit
-from .data import DataError, iter_batches, load_image, load_mvtec
-from .detector import Detector, DetectorConfig
+from .vit import CONFIGS, ViTConfig, build_vit
+from .data import iter_batches, load_mvtec
+from .errors import DataError, WeightsError
+from .images import load_image
+from .config import DetectorConfig
+from .detector import Detector
+from .scoring import ScoringPipeline
 from .features import cpu_bf16_flags, resolve_precision
-from .maps import anomaly_maps, pool
-from .weights import WeightsError, WeightsInfo, load_backbone
+from .weights import WeightsInfo, load_backbone
 
 SCHEMA = 1
 RANDOM_LABEL = "random init (timing only)"
@@ -242,7 +245,8 @@ def test_job(spec: dict) -> dict:
     bank = det.memory_bank(category)
     calibration = det.categories_[category].calibration
     paths = [Path(p) for p in spec["test"]]
-    size = (cfg.crop, cfg.crop)
+    stages: dict[str, float] = {}
+    pipeline = ScoringPipeline(cfg, on_stage=stages.__setitem__)
 
     rate_samples = [_rates(device)]
 
@@ -262,14 +266,10 @@ def test_job(spec: dict) -> dict:
             _sync(device)
             feats = feats.cpu()
             t2 = time.perf_counter()
-            grids = det.patch_grids(bank, feats)
-            t3 = time.perf_counter()
-            maps = anomaly_maps(grids, size, cfg.sigma)
-            calibration.scores(det.descriptor_input(maps, grids), pool(maps, cfg.pooling))
-            t4 = time.perf_counter()
+            pipeline.run(bank, feats, calibration)
             t_ex += t2 - t1
-            t_knn += t3 - t2
-            t_post += t4 - t3
+            t_knn += stages["knn"]
+            t_post += stages["post"]
         wall = time.perf_counter() - start
         n = len(paths)
         return {
@@ -301,7 +301,7 @@ def test_job(spec: dict) -> dict:
 
     # warm-up: one batch through everything (allocator, oneDNN primitives, faiss; torch.compile's compilation)
     with torch.inference_mode():
-        det.patch_grids(bank, extractor(ready[0]).cpu())
+        pipeline.run(bank, extractor(ready[0]).cpu(), calibration)
     runs = []
     for _ in range(spec["runs"]):
         compute_ms = compute_pass()

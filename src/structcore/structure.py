@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
 from .maps import pool
 
 EPS = 1e-6
@@ -30,7 +31,7 @@ def descriptor(maps: np.ndarray, components: tuple[str, ...] = COMPONENTS, top_r
     """phi for each map ``[B, H, W]`` -> ``[B, len(components)]`` (float64), columns in the order given."""
     unknown = set(components) - set(COMPONENTS)
     if unknown or not components:
-        raise ValueError(f"descriptor components must be a non-empty subset of {COMPONENTS}, got {components}")
+        raise ConfigError(f"descriptor components must be a non-empty subset of {COMPONENTS}, got {components}")
     maps = maps.astype(np.float64, copy=False)
     columns = {
         "std": lambda: maps.reshape(len(maps), -1).std(1),
@@ -38,6 +39,11 @@ def descriptor(maps: np.ndarray, components: tuple[str, ...] = COMPONENTS, top_r
         "tv": lambda: total_variation(maps),
     }
     return np.stack([columns[c]() for c in components], axis=1)
+
+
+def select_components(phi: np.ndarray, components: tuple[str, ...]) -> np.ndarray:
+    """The columns of ``phi`` (all of :data:`COMPONENTS`, in that order) for ``components``, in their order."""
+    return phi[:, [COMPONENTS.index(c) for c in components]]
 
 
 def structural_distance(phi: np.ndarray, mu: np.ndarray, sigma: np.ndarray, kind: str = "mahalanobis") -> np.ndarray:
@@ -50,7 +56,7 @@ def structural_distance(phi: np.ndarray, mu: np.ndarray, sigma: np.ndarray, kind
         cos = phi @ mu / (np.linalg.norm(phi, axis=1) * np.linalg.norm(mu) + EPS)
         return 1.0 - cos
     else:
-        raise ValueError(f"unknown structural distance {kind!r}; choose one of {DISTANCES}")
+        raise ConfigError(f"unknown structural distance {kind!r}; choose one of {DISTANCES}")
     if kind in ("mahalanobis", "euclidean"):
         return np.sqrt((z * z).sum(1))
     if kind in ("l1_std", "manhattan"):
@@ -73,34 +79,46 @@ class StructCalibration:
     @classmethod
     def fit(
         cls,
-        train_maps: np.ndarray,
-        train_base: np.ndarray,
+        phi: np.ndarray,
+        base: np.ndarray,
         components: tuple[str, ...] = COMPONENTS,
         top_ratio: float = 0.01,
         distance: str = "mahalanobis",
         lam: float | None = None,
         quantile: float = 0.995,
     ) -> StructCalibration:
-        """Fit on train-good maps and their base scores; ``lam=None`` means lambda_auto (eq. 11)."""
+        """Fit on train-good descriptors ``phi`` ``[N, len(components)]`` (columns in ``components``'
+        order) and base scores ``[N]``; ``lam=None`` means lambda_auto (eq. 11)."""
         if distance not in DISTANCES:
-            raise ValueError(f"unknown structural distance {distance!r}; choose one of {DISTANCES}")
-        if len(train_maps) < 2:
+            raise ConfigError(f"unknown structural distance {distance!r}; choose one of {DISTANCES}")
+        phi = np.asarray(phi, dtype=np.float64)
+        if phi.ndim != 2 or phi.shape[1] != len(components):
+            raise ValueError(f"phi must be [N, {len(components)}] for components {components}, got {phi.shape}")
+        if len(phi) < 2:
             raise ValueError("StructCore calibration needs the maps of at least 2 train-good images")
-        phi = descriptor(train_maps, components, top_ratio)
         mu, sigma = phi.mean(0), phi.std(0)
         d = structural_distance(phi, mu, sigma, distance)
         if lam is None:
-            lam = float(np.std(train_base) / (np.std(d) + EPS))
+            lam = float(np.std(base) / (np.std(d) + EPS))
         calib = cls(tuple(components), top_ratio, distance, mu, sigma, float(lam), thresholds={})
-        scores = calib.combine(train_base, d)
+        scores = calib.combine(base, d)
         calib.thresholds = {name: float(np.quantile(s, quantile)) for name, s in scores.items()}
         return calib
+
+    @classmethod
+    def from_maps(cls, maps: np.ndarray, base: np.ndarray, components: tuple[str, ...] = COMPONENTS,
+                  top_ratio: float = 0.01, **options) -> StructCalibration:
+        """:meth:`fit` on train-good maps ``[N, H, W]`` (their descriptors are computed here)."""
+        return cls.fit(descriptor(maps, components, top_ratio), base, components, top_ratio, **options)
 
     def combine(self, base: np.ndarray, d_struct: np.ndarray) -> dict[str, np.ndarray]:
         """The three image scores: base, struct-only and hybrid (eq. 12)."""
         return {"base": base, "struct": d_struct, "hybrid": base + self.lam * d_struct}
 
+    def scores_from_descriptors(self, phi: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
+        """Base, struct-only and hybrid scores from descriptors ``[B, len(components)]``."""
+        return self.combine(base, structural_distance(phi, self.mu, self.sigma, self.distance))
+
     def scores(self, maps: np.ndarray, base: np.ndarray) -> dict[str, np.ndarray]:
         """Base, struct-only and hybrid scores of maps ``[B, H, W]`` with base scores ``[B]``."""
-        phi = descriptor(maps, self.components, self.top_ratio)
-        return self.combine(base, structural_distance(phi, self.mu, self.sigma, self.distance))
+        return self.scores_from_descriptors(descriptor(maps, self.components, self.top_ratio), base)

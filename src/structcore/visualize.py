@@ -9,14 +9,6 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from .features import Preprocess
-
-
-def cropped_view(image: Image.Image, preprocess: Preprocess) -> Image.Image:
-    """The input as the model saw it (resized and center-cropped, not normalised), RGB."""
-    image = image.convert("RGB").resize((preprocess.resize, preprocess.resize), Image.BILINEAR)
-    o = preprocess.offset
-    return image.crop((o, o, o + preprocess.crop, o + preprocess.crop))
 
 
 def heatmap(anomaly_map: np.ndarray, vmin: float, vmax: float) -> np.ndarray:

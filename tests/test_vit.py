@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structcore.backbone import CONFIGS, VisionTransformer, ViTConfig, build_vit
+from structcore.vit import CONFIGS, VisionTransformer, ViTConfig, build_vit
 
 
 def test_all_sizes_and_register_variants_exist():

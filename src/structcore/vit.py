@@ -52,6 +52,16 @@ for _size, _cfg in _BASE.items():
     )
 
 
+def resolve_blocks(blocks, depth: int) -> list[int]:
+    """Block indices (negative ones count from the end) as positive indices, in the order given."""
+    resolved = []
+    for b in blocks:
+        if not -depth <= b < depth:
+            raise ValueError(f"block index {b} is out of range for a ViT with {depth} blocks")
+        resolved.append(b % depth)
+    return resolved
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, embed_dim: int):
         super().__init__()
@@ -178,22 +188,24 @@ class VisionTransformer(nn.Module):
             x = torch.cat([x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
         return x
 
-    def resolve_blocks(self, blocks: list[int]) -> list[int]:
-        """Turn block indices (negative ones count from the end) into sorted-as-given positive indices."""
-        depth = self.cfg.depth
-        resolved = []
-        for b in blocks:
-            if not -depth <= b < depth:
-                raise ValueError(f"block index {b} is out of range for a ViT with {depth} blocks")
-            resolved.append(b % depth)
-        return resolved
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.patch_size
+
+    @property
+    def depth(self) -> int:
+        return self.cfg.depth
 
     def patch_tokens(self, images: torch.Tensor, blocks: list[int]) -> list[torch.Tensor]:
         """Patch tokens (CLS and registers dropped) after each block in ``blocks``, in the order given.
 
         Runs the blocks only up to the deepest one asked for. Each tensor is ``[B, rows*cols, dim]``.
         """
-        wanted = self.resolve_blocks(blocks)
+        wanted = resolve_blocks(blocks, self.cfg.depth)
         x = self._tokens(images)
         skip = 1 + self.cfg.num_registers
         outputs: dict[int, torch.Tensor] = {}

@@ -1,0 +1,84 @@
+"""What a backbone must provide, and the registry of backbones by name.
+
+A backbone is a ``torch.nn.Module`` with ``embed_dim``, ``patch_size``, ``depth`` and
+``patch_tokens(images, blocks)`` (patch tokens after each block, prefix tokens dropped). The registry
+maps a name (``DetectorConfig.backbone``) to a loader returning the module and a
+:class:`~structcore.weights.WeightsInfo` whose sha256 identifies the weights. Every DINOv2 model is
+registered; tests and other backbones add their own with :func:`register_backbone`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .errors import ConfigError
+from .vit import CONFIGS
+from .weights import WeightsInfo
+from .weights import load_backbone as load_dinov2
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    embed_dim: int
+    patch_size: int
+    depth: int
+
+    def patch_tokens(self, images: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]: ...
+
+
+Loader = Callable[[str | Path | None], tuple[Backbone, WeightsInfo]]
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: its shape, and how to load it (``load(weights_path_or_None)``)."""
+
+    name: str
+    embed_dim: int
+    patch_size: int
+    depth: int
+    load: Loader
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, load: Loader, *, embed_dim: int, patch_size: int, depth: int) -> BackboneEntry:
+    """Make ``name`` usable as ``DetectorConfig(backbone=name)``; replaces an entry of that name."""
+    entry = BackboneEntry(name, embed_dim, patch_size, depth, load)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_backbone(name: str, weights: str | Path | None = None) -> tuple[Backbone, WeightsInfo]:
+    """The backbone ``name`` with its weights, in eval mode."""
+    entry = backbone_entry(name)
+    module, info = entry.load(weights)
+    if (module.embed_dim, module.patch_size, module.depth) != (entry.embed_dim, entry.patch_size, entry.depth):
+        raise ConfigError(f"backbone {name!r} loaded a module whose shape differs from its registry entry")
+    return module, info
+
+
+for _name, _cfg in CONFIGS.items():
+    register_backbone(
+        _name,
+        lambda weights, _name=_name: load_dinov2(_name, weights),
+        embed_dim=_cfg.embed_dim,
+        patch_size=_cfg.patch_size,
+        depth=_cfg.depth,
+    )

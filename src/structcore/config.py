@@ -1,0 +1,101 @@
+"""The settings that define a fitted model, checked when they are built."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from .backbones import backbone_entry
+from .errors import ConfigError
+from .features import SKIP5, Preprocess
+from .maps import POOLINGS
+from .scoring import SCORES
+from .structure import COMPONENTS, DISTANCES
+
+CALIBRATIONS = ("in-sample", "leave-one-out", "held-out")
+
+
+def _check(ok: bool, message: str):
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that defines a fitted model. Defaults follow the paper (spec.md) except the backbone.
+
+    Every field is checked when the config is built; ``coreset_size`` (an absolute bank size) overrides
+    ``coreset_ratio``.
+    """
+
+    backbone: str = "dinov2_vits14"
+    resize: int = 448
+    crop: int = 392
+    blocks: tuple[int, ...] = SKIP5
+    projection_dim: int | None = 512
+    seed: int = 42
+    coreset_ratio: float | None = 0.01
+    coreset_size: int | None = None
+    k: int = 5
+    sigma: float = 4.0
+    pooling: str = "max"
+    components: tuple[str, ...] = COMPONENTS
+    top_ratio: float = 0.01
+    distance: str = "mahalanobis"
+    lam: float | None = None
+    calibration: str = "in-sample"
+    heldout_fraction: float = 0.2
+    quantile: float = 0.995
+    descriptor_on: str = "map"
+    routing_prototypes: int = 64
+    decision_score: str = "hybrid"
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        set_("blocks", tuple(self.blocks))
+        set_("components", tuple(self.components))
+        if self.coreset_size is not None:
+            set_("coreset_ratio", None)
+        entry = backbone_entry(self.backbone)
+        _check(isinstance(self.resize, int) and isinstance(self.crop, int), "resize and crop must be integers")
+        Preprocess(resize=self.resize, crop=self.crop, patch_size=entry.patch_size)
+        _check(len(self.blocks) > 0 and all(isinstance(b, int) for b in self.blocks), "blocks must be a non-empty list of block indices")
+        _check(all(-entry.depth <= b < entry.depth for b in self.blocks),
+               f"blocks {list(self.blocks)} out of range for {self.backbone} ({entry.depth} blocks: -{entry.depth}..{entry.depth - 1})")
+        _check(len({b % entry.depth for b in self.blocks}) == len(self.blocks), f"blocks {list(self.blocks)} name a block twice")
+        _check(self.projection_dim is None or (isinstance(self.projection_dim, int) and self.projection_dim >= 1),
+               f"projection_dim must be a positive integer or None (no projection), got {self.projection_dim!r}")
+        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check(self.coreset_ratio is not None or self.coreset_size is not None, "give a coreset_ratio or a coreset_size")
+        _check(self.coreset_ratio is None or 0 < self.coreset_ratio <= 1, f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        _check(self.coreset_size is None or (isinstance(self.coreset_size, int) and self.coreset_size >= 1),
+               f"coreset_size must be a positive integer, got {self.coreset_size!r}")
+        _check(isinstance(self.k, int) and self.k >= 1, f"k (nearest neighbours) must be a positive integer, got {self.k!r}")
+        _check(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma (blur) must be >= 0, got {self.sigma}")
+        _check(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        _check(len(self.components) > 0 and set(self.components) <= set(COMPONENTS) and len(set(self.components)) == len(self.components),
+               f"components must be distinct names from {COMPONENTS}, got {self.components}")
+        _check(0 < self.top_ratio <= 1, f"top_ratio must be in (0, 1], got {self.top_ratio}")
+        _check(self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        _check(self.lam is None or (math.isfinite(self.lam) and self.lam >= 0), f"lam must be >= 0 or None (lambda_auto), got {self.lam}")
+        _check(self.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        _check(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        _check(0 < self.quantile <= 1, f"threshold quantile must be in (0, 1], got {self.quantile}")
+        _check(self.descriptor_on in ("map", "grid"), f"descriptor_on must be 'map' or 'grid', got {self.descriptor_on!r}")
+        _check(isinstance(self.routing_prototypes, int) and self.routing_prototypes >= 1,
+               f"routing_prototypes must be a positive integer, got {self.routing_prototypes!r}")
+        _check(self.decision_score in SCORES, f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
+
+    @property
+    def patch_size(self) -> int:
+        return backbone_entry(self.backbone).patch_size
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(resize=self.resize, crop=self.crop, patch_size=self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.crop // self.patch_size
+        return side, side

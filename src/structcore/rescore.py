@@ -1,0 +1,143 @@
+"""StructCore on its own: a decision layer over any memory-bank detector's anomaly maps (paper Table 2).
+
+:class:`StructCoreScorer` fits on train-good anomaly maps from any detector and rescores test maps
+with base (max), struct (D_struct) and hybrid scores and their thresholds. :func:`rescore_folders` does the
+same for ``.npy`` maps written by another tool: ``TRAIN_DIR/*.npy`` (good images) and ``TEST_DIR``, whose
+maps are labelled by subfolder (``good/`` = 0, any other subfolder = 1) when it has subfolders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .files import atomic_write_json, atomic_write_text
+from .maps import POOLINGS, pool
+from .scoring import SCORES
+from .structure import COMPONENTS, DISTANCES, StructCalibration, descriptor
+
+
+class StructCoreScorer:
+    """Fits StructCore's statistics, lambda and thresholds on train-good maps; scores test maps.
+
+    Maps may differ in size between images (each map's descriptor is computed on its own).
+    """
+
+    def __init__(self, components=COMPONENTS, top_ratio: float = 0.01, distance: str = "mahalanobis",
+                 lam: float | None = None, quantile: float = 0.995, pooling: str = "max"):
+        if distance not in DISTANCES or pooling not in POOLINGS or not set(components) <= set(COMPONENTS):
+            raise ConfigError(f"distance in {DISTANCES}, pooling in {POOLINGS}, components from {COMPONENTS}")
+        self.components, self.top_ratio, self.distance = tuple(components), top_ratio, distance
+        self.lam, self.quantile, self.pooling = lam, quantile, pooling
+        self.calibration_: StructCalibration | None = None
+        self.train_scores_: dict[str, np.ndarray] | None = None
+
+    def _describe(self, maps) -> tuple[np.ndarray, np.ndarray]:
+        maps = [np.asarray(m, dtype=np.float32) for m in maps]
+        if not maps:
+            raise DataError("no anomaly maps given")
+        bad = [i for i, m in enumerate(maps) if m.ndim != 2 or not np.isfinite(m).all()]
+        if bad:
+            raise DataError(f"anomaly maps must be finite 2-D arrays; map {bad[0]} has shape {maps[bad[0]].shape}")
+        phi = np.concatenate([descriptor(m[None], self.components, self.top_ratio) for m in maps])
+        base = np.array([pool(m[None], self.pooling, self.top_ratio)[0] for m in maps], dtype=np.float64)
+        return phi, base
+
+    def fit(self, train_maps: Iterable[np.ndarray]) -> StructCoreScorer:
+        phi, base = self._describe(train_maps)
+        self.calibration_ = StructCalibration.fit(
+            phi, base, self.components, self.top_ratio, self.distance, self.lam, self.quantile
+        )
+        self.train_scores_ = self.calibration_.scores_from_descriptors(phi, base)
+        return self
+
+    def score(self, maps: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+        """Base, struct and hybrid scores of each map."""
+        if self.calibration_ is None:
+            raise ConfigError("This StructCoreScorer is not fitted yet. Call fit(train_good_maps) first.")
+        return self.calibration_.scores_from_descriptors(*self._describe(maps))
+
+    @property
+    def thresholds_(self) -> dict[str, float]:
+        return dict(self.calibration_.thresholds)
+
+
+@dataclass
+class MapSet:
+    """``.npy`` anomaly maps read from a folder, with labels when the folder has subfolders."""
+
+    paths: list[Path]
+    maps: list[np.ndarray]
+    labels: np.ndarray | None
+    defect_types: list[str]
+
+
+def read_maps(folder: str | Path) -> MapSet:
+    """Every ``*.npy`` under ``folder`` (sorted); ``[H, W]``, ``[1, H, W]`` and ``[H, W, 1]`` arrays."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder of .npy anomaly maps")
+    paths = sorted(folder.rglob("*.npy"))
+    if not paths:
+        raise DataError(f"{folder}: no .npy anomaly maps in this folder")
+    maps = []
+    for p in paths:
+        try:
+            m = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{p}: not a readable .npy array ({e})") from None
+        m = np.squeeze(m) if m.ndim == 3 and 1 in (m.shape[0], m.shape[-1]) else m
+        if m.ndim != 2 or m.size == 0 or not np.issubdtype(m.dtype, np.number) or not np.isfinite(m).all():
+            raise DataError(f"{p}: an anomaly map must be a finite numeric 2-D array, got shape {m.shape} {m.dtype}")
+        maps.append(m.astype(np.float32))
+    groups = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else "" for p in paths]
+    labelled = all(groups)
+    labels = np.array([0 if g == "good" else 1 for g in groups], dtype=np.int64) if labelled else None
+    return MapSet(paths, maps, labels, groups if labelled else [""] * len(paths))
+
+
+def rescore_folders(train_dir: str | Path, test_dir: str | Path, out: str | Path, name: str = "rescored",
+                    scorer: StructCoreScorer | None = None) -> dict:
+    """Fit on ``train_dir``'s maps, score ``test_dir``'s, write ``OUT/rescored.csv``, ``OUT/scores/NAME.json``
+    (the benchmark's scores schema) and, with labelled test maps, Figure 2 ``OUT/figure2_NAME.png``."""
+    out = Path(out)
+    train, test = read_maps(train_dir), read_maps(test_dir)
+    scorer = (scorer or StructCoreScorer()).fit(train.maps)
+    scores = scorer.score(test.maps)
+    thresholds = scorer.thresholds_
+    lines = ["map,label," + ",".join(f"{s}_score" for s in SCORES) + "," + ",".join(f"{s}_decision" for s in SCORES)]
+    for i, p in enumerate(test.paths):
+        label = "" if test.labels is None else str(int(test.labels[i]))
+        values = ",".join(f"{scores[s][i]:.9g}" for s in SCORES)
+        decisions = ",".join("reject" if scores[s][i] > thresholds[s] else "accept" for s in SCORES)
+        lines.append(f"{p.relative_to(test_dir)},{label},{values},{decisions}")
+    atomic_write_text(out / "rescored.csv", "\n".join(lines) + "\n")
+    doc = {
+        "category": name,
+        "quantile": scorer.quantile,
+        "lambda": scorer.calibration_.lam,
+        "thresholds": thresholds,
+        "train": {"paths": [str(p) for p in train.paths], **{s: v.tolist() for s, v in scorer.train_scores_.items()}},
+        "test": {"paths": [str(p) for p in test.paths], "defect_types": test.defect_types,
+                 **{s: np.asarray(v, np.float64).tolist() for s, v in scores.items()}},
+    }
+    summary = {"n_train": len(train.paths), "n_test": len(test.paths), "lambda": doc["lambda"], "thresholds": thresholds,
+               "rejected": {s: int((scores[s] > thresholds[s]).sum()) for s in SCORES}, "figure": None}
+    if test.labels is not None:
+        doc["test"]["labels"] = test.labels.tolist()
+        if 0 < test.labels.sum() < len(test.labels):
+            from .metrics import auroc
+
+            summary["auroc"] = {s: auroc(test.labels, scores[s]) for s in SCORES}
+    atomic_write_json(out / "scores" / f"{name}.json", doc)
+    if test.labels is not None:
+        from .report import figure_base_vs_hybrid
+
+        figure = out / f"figure2_{name}.png"
+        summary["crossover"] = figure_base_vs_hybrid(out / "scores" / f"{name}.json", figure).as_dict()
+        summary["figure"] = str(figure)
+    return summary
