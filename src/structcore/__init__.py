@@ -2,15 +2,13 @@
 
 The public surface::
 
-    from structcore import Detector, DetectorConfig, Prediction, load_model, StructcoreError
+    from structcore import Detector, DetectorConfig, Prediction, load_model, StructcoreError, StructCoreScorer
 """
 
-__version__ = "0.1.0"
-
-from .backbones import Backbone, register_backbone  # noqa: E402
-from .config import DetectorConfig  # noqa: E402
-from .detector import Detector, Prediction, load_model  # noqa: E402
-from .errors import (  # noqa: E402
+from .backbones import Backbone, register_backbone
+from .config import DetectorConfig
+from .detector import Detector, Prediction, load_model
+from .errors import (
     ConfigError,
     DataError,
     ModelFileError,
@@ -19,7 +17,9 @@ from .errors import (  # noqa: E402
     UnknownCategoryError,
     WeightsError,
 )
-from .structure import StructCalibration  # noqa: E402
+from .rescore import StructCoreScorer
+from .structure import StructCalibration
+from .version import __version__
 
 __all__ = [
     "Backbone",
@@ -31,6 +31,7 @@ __all__ = [
     "NotFittedError",
     "Prediction",
     "StructCalibration",
+    "StructCoreScorer",
     "StructcoreError",
     "UnknownCategoryError",
     "WeightsError",

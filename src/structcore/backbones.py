@@ -50,6 +50,13 @@ _REGISTRY: dict[str, BackboneEntry] = {}
 
 def register_backbone(name: str, load: Loader, *, embed_dim: int, patch_size: int, depth: int) -> BackboneEntry:
     """Make ``name`` usable as ``DetectorConfig(backbone=name)``; replaces an entry of that name."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a backbone name must be a non-empty string, got {name!r}")
+    if not callable(load):
+        raise ConfigError(f"backbone {name!r}: load must be a callable load(weights) -> (module, WeightsInfo)")
+    for field, value in (("embed_dim", embed_dim), ("patch_size", patch_size), ("depth", depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"backbone {name!r}: {field} must be a positive integer, got {value!r}")
     entry = BackboneEntry(name, embed_dim, patch_size, depth, load)
     _REGISTRY[name] = entry
     return entry
@@ -69,8 +76,12 @@ def load_backbone(name: str, weights: str | Path | None = None) -> tuple[Backbon
     """The backbone ``name`` with its weights, in eval mode."""
     entry = backbone_entry(name)
     module, info = entry.load(weights)
-    if (module.embed_dim, module.patch_size, module.depth) != (entry.embed_dim, entry.patch_size, entry.depth):
-        raise ConfigError(f"backbone {name!r} loaded a module whose shape differs from its registry entry")
+    got = tuple(getattr(module, a, None) for a in ("embed_dim", "patch_size", "depth"))
+    if got != (entry.embed_dim, entry.patch_size, entry.depth):
+        raise ConfigError(
+            f"backbone {name!r} loaded a module whose shape differs from its registry entry: (embed_dim, patch_size, "
+            f"depth) = {got}, registered as {(entry.embed_dim, entry.patch_size, entry.depth)}"
+        )
     return module, info
 
 

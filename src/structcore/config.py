@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 from .backbones import backbone_entry
@@ -19,6 +20,15 @@ CALIBRATIONS = ("in-sample", "leave-one-out", "held-out")
 def _check(ok: bool, message: str):
     if not ok:
         raise ConfigError(message)
+
+
+def _int(x) -> bool:
+    """An ``int`` that is not a bool (``k=True`` is a mistake, not 1)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -53,25 +63,42 @@ class DetectorConfig:
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
-        set_("blocks", tuple(self.blocks))
-        set_("components", tuple(self.components))
+        for name in ("blocks", "components"):
+            value = getattr(self, name)
+            _check(hasattr(value, "__iter__") and not isinstance(value, str), f"{name} must be a list, got {value!r}")
+            set_(name, tuple(value))
+        # numbers are checked to be numbers before any comparison (a TypeError would not name the field)
+        # and real-valued fields stored as float, so the config always serialises to JSON
+        for name in ("coreset_ratio", "sigma", "top_ratio", "lam", "heldout_fraction", "quantile"):
+            value = getattr(self, name)
+            optional = name in ("coreset_ratio", "lam")
+            _check(_real(value) or (optional and value is None),
+                   f"{name} must be a number{' or None' if optional else ''}, got {value!r}")
+            if value is not None:
+                set_(name, float(value))
         if self.coreset_size is not None:
             set_("coreset_ratio", None)
+        for name in ("resize", "crop", "projection_dim", "seed", "coreset_size", "k", "routing_prototypes"):
+            if _int(value := getattr(self, name)):
+                set_(name, int(value))  # numpy integers too, stored as int so the config serialises to JSON
+        if all(_int(b) for b in self.blocks):
+            set_("blocks", tuple(int(b) for b in self.blocks))
         entry = backbone_entry(self.backbone)
-        _check(isinstance(self.resize, int) and isinstance(self.crop, int), "resize and crop must be integers")
+        _check(_int(self.resize), f"resize must be an integer, got {self.resize!r}")
+        _check(_int(self.crop), f"crop must be an integer, got {self.crop!r}")
         Preprocess(resize=self.resize, crop=self.crop, patch_size=entry.patch_size)
-        _check(len(self.blocks) > 0 and all(isinstance(b, int) for b in self.blocks), "blocks must be a non-empty list of block indices")
+        _check(len(self.blocks) > 0 and all(_int(b) for b in self.blocks), "blocks must be a non-empty list of block indices")
         _check(all(-entry.depth <= b < entry.depth for b in self.blocks),
                f"blocks {list(self.blocks)} out of range for {self.backbone} ({entry.depth} blocks: -{entry.depth}..{entry.depth - 1})")
         _check(len({b % entry.depth for b in self.blocks}) == len(self.blocks), f"blocks {list(self.blocks)} name a block twice")
-        _check(self.projection_dim is None or (isinstance(self.projection_dim, int) and self.projection_dim >= 1),
+        _check(self.projection_dim is None or (_int(self.projection_dim) and self.projection_dim >= 1),
                f"projection_dim must be a positive integer or None (no projection), got {self.projection_dim!r}")
-        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check(_int(self.seed), f"seed must be an integer, got {self.seed!r}")
         _check(self.coreset_ratio is not None or self.coreset_size is not None, "give a coreset_ratio or a coreset_size")
         _check(self.coreset_ratio is None or 0 < self.coreset_ratio <= 1, f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        _check(self.coreset_size is None or (isinstance(self.coreset_size, int) and self.coreset_size >= 1),
+        _check(self.coreset_size is None or (_int(self.coreset_size) and self.coreset_size >= 1),
                f"coreset_size must be a positive integer, got {self.coreset_size!r}")
-        _check(isinstance(self.k, int) and self.k >= 1, f"k (nearest neighbours) must be a positive integer, got {self.k!r}")
+        _check(_int(self.k) and self.k >= 1, f"k (nearest neighbours) must be a positive integer, got {self.k!r}")
         _check(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma (blur) must be >= 0, got {self.sigma}")
         _check(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         _check(len(self.components) > 0 and set(self.components) <= set(COMPONENTS) and len(set(self.components)) == len(self.components),
@@ -83,7 +110,7 @@ class DetectorConfig:
         _check(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         _check(0 < self.quantile <= 1, f"threshold quantile must be in (0, 1], got {self.quantile}")
         _check(self.descriptor_on in ("map", "grid"), f"descriptor_on must be 'map' or 'grid', got {self.descriptor_on!r}")
-        _check(isinstance(self.routing_prototypes, int) and self.routing_prototypes >= 1,
+        _check(_int(self.routing_prototypes) and self.routing_prototypes >= 1,
                f"routing_prototypes must be a positive integer, got {self.routing_prototypes!r}")
         _check(self.decision_score in SCORES, f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
 

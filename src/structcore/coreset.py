@@ -4,8 +4,8 @@ Distances are measured in a seeded 128-d random projection of the features; the 
 from the mean distance to 10 random points (PatchCore's approximation) and then repeatedly takes the
 point farthest from everything chosen so far. Memory is O(N): never an N x N matrix.
 
-The plain loop streams all N proxy rows once per selection (84 MB for bottle's 164k patches), so a 10%
-bank costs minutes. For large N the *screened* loop makes the same selections several times faster:
+The plain loop streams all N proxy rows once per selection, so a 10% bank of a large category costs
+minutes. For large N the *screened* loop makes the same selections several times faster:
 
 1. One low-precision matrix product (bf16 where the CPU has bf16 matrix instructions, else fp32) gives approximate dot products of every
    point with the ``_BATCH`` points of largest running distance, the likely next centers.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone
@@ -68,6 +69,11 @@ class Prediction:
     @property
     def decision(self) -> str:
         return "reject" if self.is_anomalous else "accept"
+
+
+def _is_single_image(images) -> bool:
+    """One image given where several are expected: a path, a PIL image or one image array."""
+    return isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
 
 
 #: Backbone precision for train images unless asked otherwise: the memory bank then is the fp32 pipeline's.
@@ -194,7 +200,7 @@ class Detector:
     def fit(self, category: str, images) -> CategoryModel:
         """Fit (or refit) one category from its good training images (paths, PIL images or arrays);
         other categories are untouched."""
-        images = list(images)
+        images = [images] if _is_single_image(images) else list(images)
         if not images:
             raise DataError(f"category {category!r} has no training images")
         features = self.extract(images, desc=f"{category}: train features", precision=self.fit_precision)
@@ -276,14 +282,14 @@ class Detector:
         return route(features, {name: m.prototypes for name, m in self.categories_.items()})
 
     def predict(self, images, category: str | None = None, *, maps: bool = True) -> list[Prediction]:
-        """Score images (paths, PIL images or arrays); with ``category=None`` each is routed first.
-        ``maps=False`` skips keeping the anomaly maps."""
+        """Score images (paths, PIL images or arrays, or one of them); with ``category=None`` each is routed
+        first. ``maps=False`` skips keeping the anomaly maps."""
         return list(self.predict_stream(images, category, maps=maps))
 
     def predict_stream(self, images: Iterable, category: str | None = None, *, maps: bool = True) -> Iterator[Prediction]:
         """:meth:`predict` over any iterable, yielding predictions in order as their chunk is scored."""
         self._require_fitted(category)
-        source = iter(images)
+        source = iter([images] if _is_single_image(images) else images)
         offset = 0
         while chunk := list(itertools.islice(source, self.batch_size * 8)):
             features = self.extract(chunk, desc="predict", first_index=offset)

@@ -85,9 +85,8 @@ def fuse_layers(layers: list[torch.Tensor], projection: torch.Tensor | None) -> 
 class FeatureExtractor:
     """Turns a batch of preprocessed images into projected patch features ``[B, rows*cols, D]``.
 
-    ``compile=True`` runs the backbone through ``torch.compile`` (inductor, weights frozen into the graph):
-    on a 2-core AVX-512 BF16 CPU it took ViT-S/14 bf16 at 392 px from 148 to 125 ms per image, after a
-    one-off compilation of about 15 s. Smaller batches are zero-padded to the first batch's size, so the
+    ``compile=True`` runs the backbone through ``torch.compile`` (inductor, weights frozen into the graph;
+    a one-off compilation, README "Speed"). Smaller batches are zero-padded to the first batch's size, so the
     last batch of a folder does not compile again (images never interact inside the ViT).
     """
 

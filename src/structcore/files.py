@@ -14,11 +14,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process's umask. Read from /proc where it can be: setting it to read it back (the fallback)
+    leaves a moment in which a file another thread creates gets mode 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # the safe value in the meantime
+    os.umask(mask)
+    return mask
+
+
 def new_file_mode() -> int:
     """The mode the process's umask gives a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def fsync_path(path: str | Path) -> None:

@@ -121,6 +121,8 @@ def _array_image(a: np.ndarray, name: str) -> Image.Image:
     bool as 0/255, floats only in [0, 1] (times 255, rounded)."""
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
+    if not a.dtype.isnative:  # e.g. big-endian uint16 from a TIFF reader: same values, native byte order
+        a = a.astype(a.dtype.newbyteorder("="))
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
         raise DataError(f"{name}: an image array must be [H, W] or [H, W, 3|4], got shape {a.shape}")
     if a.dtype == np.bool_:

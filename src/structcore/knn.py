@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 try:
     import faiss
 except ImportError:  # pragma: no cover - faiss-cpu is a dependency; the torch path still works
@@ -34,7 +36,7 @@ class MemoryBank:
         if source_image.shape != (entries.shape[0],):
             raise ValueError("source_image must give one training-image index per bank entry")
         if backend not in BACKENDS:
-            raise ValueError(f"unknown kNN backend {backend!r}; choose one of {BACKENDS}")
+            raise ConfigError(f"unknown kNN backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         if backend == "auto":
             backend = "faiss" if faiss is not None and self.device.type == "cpu" else "torch"
@@ -57,7 +59,10 @@ class MemoryBank:
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared L2 distances and indices ``[Q, k]`` of the ``k`` nearest entries, ascending."""
         if not 1 <= k <= len(self):
-            raise ValueError(f"k={k} must be between 1 and the bank size {len(self)}")
+            raise ConfigError(
+                f"k={k} nearest neighbours, but the memory bank has {len(self)} entries: lower --k or keep more "
+                "patches (--coreset-ratio / --coreset-size)"
+            )
         queries = queries.float()
         dists, idx = [], []
         for start in range(0, queries.shape[0], self.chunk):
@@ -83,7 +88,9 @@ class MemoryBank:
             return self.search(queries, k)[0].mean(1)
         own = int((self.source_image == exclude_image).sum())
         if len(self) - own < k:
-            raise ValueError(f"leave-one-image-out needs at least {k} bank entries from other images")
+            raise ConfigError(
+                f"leave-one-image-out needs at least {k} bank entries from other images; lower --k or keep more patches"
+            )
         d, i = self.search(queries, k + own)
         keep = self.source_image[i] != exclude_image
         # stable: the first k kept neighbours of each row, still in ascending order

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from .version import __version__
 from .errors import ModelFileError
 from .files import fsync_path, new_file_mode, sha256_file
 

@@ -3,22 +3,27 @@
 :class:`StructCoreScorer` fits on train-good anomaly maps from any detector and rescores test maps
 with base (max), struct (D_struct) and hybrid scores and their thresholds. :func:`rescore_folders` does the
 same for ``.npy`` maps written by another tool: ``TRAIN_DIR/*.npy`` (good images) and ``TEST_DIR``, whose
-maps are labelled by subfolder (``good/`` = 0, any other subfolder = 1) when it has subfolders.
+maps are labelled by subfolder (``good/``, in any case = 0, any other subfolder = 1) when it has subfolders.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, NotFittedError
 from .files import atomic_write_json, atomic_write_text
 from .maps import POOLINGS, pool
 from .scoring import SCORES
 from .structure import COMPONENTS, DISTANCES, StructCalibration, descriptor
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class StructCoreScorer:
@@ -29,9 +34,20 @@ class StructCoreScorer:
 
     def __init__(self, components=COMPONENTS, top_ratio: float = 0.01, distance: str = "mahalanobis",
                  lam: float | None = None, quantile: float = 0.995, pooling: str = "max"):
-        if distance not in DISTANCES or pooling not in POOLINGS or not set(components) <= set(COMPONENTS):
-            raise ConfigError(f"distance in {DISTANCES}, pooling in {POOLINGS}, components from {COMPONENTS}")
-        self.components, self.top_ratio, self.distance = tuple(components), top_ratio, distance
+        components = tuple(components)
+        checks = (
+            (distance in DISTANCES, f"distance must be one of {DISTANCES}, got {distance!r}"),
+            (pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {pooling!r}"),
+            (len(components) > 0 and set(components) <= set(COMPONENTS) and len(set(components)) == len(components),
+             f"components must be distinct names from {COMPONENTS}, got {components}"),
+            (_real(top_ratio) and 0 < top_ratio <= 1, f"top_ratio must be in (0, 1], got {top_ratio!r}"),
+            (_real(quantile) and 0 < quantile <= 1, f"threshold quantile must be in (0, 1], got {quantile!r}"),
+            (lam is None or (_real(lam) and 0 <= lam < float("inf")), f"lam must be >= 0 or None (lambda_auto), got {lam!r}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.components, self.top_ratio, self.distance = components, top_ratio, distance
         self.lam, self.quantile, self.pooling = lam, quantile, pooling
         self.calibration_: StructCalibration | None = None
         self.train_scores_: dict[str, np.ndarray] | None = None
@@ -42,7 +58,9 @@ class StructCoreScorer:
             raise DataError("no anomaly maps given")
         bad = [i for i, m in enumerate(maps) if m.ndim != 2 or not np.isfinite(m).all()]
         if bad:
-            raise DataError(f"anomaly maps must be finite 2-D arrays; map {bad[0]} has shape {maps[bad[0]].shape}")
+            m = maps[bad[0]]
+            what = f"has shape {m.shape}" if m.ndim != 2 else "holds NaN or infinite values"
+            raise DataError(f"anomaly maps must be finite 2-D arrays; map {bad[0]} {what}")
         phi = np.concatenate([descriptor(m[None], self.components, self.top_ratio) for m in maps])
         base = np.array([pool(m[None], self.pooling, self.top_ratio)[0] for m in maps], dtype=np.float64)
         return phi, base
@@ -57,12 +75,16 @@ class StructCoreScorer:
 
     def score(self, maps: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
         """Base, struct and hybrid scores of each map."""
-        if self.calibration_ is None:
-            raise ConfigError("This StructCoreScorer is not fitted yet. Call fit(train_good_maps) first.")
+        self._require_fitted()
         return self.calibration_.scores_from_descriptors(*self._describe(maps))
+
+    def _require_fitted(self):
+        if self.calibration_ is None:
+            raise NotFittedError("This StructCoreScorer is not fitted yet. Call fit(train_good_maps) first.")
 
     @property
     def thresholds_(self) -> dict[str, float]:
+        self._require_fitted()
         return dict(self.calibration_.thresholds)
 
 
@@ -88,7 +110,7 @@ def read_maps(folder: str | Path) -> MapSet:
     for p in paths:
         try:
             m = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:  # an empty file gives EOFError
             raise DataError(f"{p}: not a readable .npy array ({e})") from None
         m = np.squeeze(m) if m.ndim == 3 and 1 in (m.shape[0], m.shape[-1]) else m
         if m.ndim != 2 or m.size == 0 or not np.issubdtype(m.dtype, np.number) or not np.isfinite(m).all():
@@ -96,7 +118,7 @@ def read_maps(folder: str | Path) -> MapSet:
         maps.append(m.astype(np.float32))
     groups = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else "" for p in paths]
     labelled = all(groups)
-    labels = np.array([0 if g == "good" else 1 for g in groups], dtype=np.int64) if labelled else None
+    labels = np.array([0 if g.lower() == "good" else 1 for g in groups], dtype=np.int64) if labelled else None
     return MapSet(paths, maps, labels, groups if labelled else [""] * len(paths))
 
 

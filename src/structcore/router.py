@@ -4,8 +4,8 @@ Each category keeps K_r prototypes: spherical k-means centroids (faiss, seeded) 
 patch features. An image goes to the category whose prototypes are nearest on average over its patches.
 
 Not greedy k-center (spec decision 5): k-center picks the 64 most extreme patches and leaves the dense
-bulk of a category (e.g. screw's plain background) uncovered; measured on bottle + screw it routed
-only 10.6% of screw test images correctly, k-means routes 100% (README, "Deviations from the paper").
+bulk of a category (e.g. screw's plain background) uncovered (measured in the README, "Deviations from
+the paper").
 """
 
 from __future__ import annotations

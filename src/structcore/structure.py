@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .maps import pool
 
 EPS = 1e-6
@@ -95,7 +95,7 @@ class StructCalibration:
         if phi.ndim != 2 or phi.shape[1] != len(components):
             raise ValueError(f"phi must be [N, {len(components)}] for components {components}, got {phi.shape}")
         if len(phi) < 2:
-            raise ValueError("StructCore calibration needs the maps of at least 2 train-good images")
+            raise DataError("StructCore calibration needs the maps of at least 2 train-good images")
         mu, sigma = phi.mean(0), phi.std(0)
         d = structural_distance(phi, mu, sigma, distance)
         if lam is None:

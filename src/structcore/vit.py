@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -57,7 +59,7 @@ def resolve_blocks(blocks, depth: int) -> list[int]:
     resolved = []
     for b in blocks:
         if not -depth <= b < depth:
-            raise ValueError(f"block index {b} is out of range for a ViT with {depth} blocks")
+            raise ConfigError(f"block index {b} is out of range for a ViT with {depth} blocks")
         resolved.append(b % depth)
     return resolved
 
@@ -226,6 +228,6 @@ class VisionTransformer(nn.Module):
 def build_vit(name: str) -> VisionTransformer:
     """An uninitialised DINOv2 ViT by its hub name (``dinov2_vits14``, ``dinov2_vitb14_reg``, ...)."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(CONFIGS))}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(CONFIGS))}")
     return VisionTransformer(CONFIGS[name])
 
