@@ -42,8 +42,11 @@ def descriptor(maps: np.ndarray, components: tuple[str, ...] = COMPONENTS, top_r
 
 
 def select_components(phi: np.ndarray, components: tuple[str, ...]) -> np.ndarray:
-    """The columns of ``phi`` (all of :data:`COMPONENTS`, in that order) for ``components``, in their order."""
-    return phi[:, [COMPONENTS.index(c) for c in components]]
+    """The columns of ``phi`` (all of :data:`COMPONENTS`, in that order) for ``components``, in their order.
+
+    Row-major like :func:`descriptor`'s output: the column means then add up in the same order.
+    """
+    return np.ascontiguousarray(phi[:, [COMPONENTS.index(c) for c in components]])
 
 
 def structural_distance(phi: np.ndarray, mu: np.ndarray, sigma: np.ndarray, kind: str = "mahalanobis") -> np.ndarray:
