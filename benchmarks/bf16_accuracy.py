@@ -25,28 +25,22 @@ import numpy as np
 import torch
 from common import evaluate, test_targets
 
-from structcore import detector as detector_module
+from structcore import Detector, DetectorConfig
+from structcore.coreset import greedy_coreset
 from structcore.data import load_mvtec
-from structcore.detector import Detector, DetectorConfig
 
 PAIRS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"), ("fp32", "bf16"))  # (test features, bank)
 DELTAS = {"default": "bf16/fp32", "fit_bf16": "bf16/bf16"}  # each against fp32/fp32
 
 
 def _fit(features: torch.Tensor, ratio: float, name: str, chosen: dict) -> Detector:
-    det = Detector(DetectorConfig(coreset_ratio=ratio), precision="fp32", device="cpu", progress=False)
-    original = detector_module.greedy_coreset
-
     def record(*a, **kw):
-        out = original(*a, **kw)
-        chosen[name] = out
-        return out
+        chosen[name] = greedy_coreset(*a, **kw)
+        return chosen[name]
 
-    detector_module.greedy_coreset = record
-    try:
-        det.fit_features("c", features, [str(i) for i in range(len(features))])
-    finally:
-        detector_module.greedy_coreset = original
+    det = Detector(DetectorConfig(coreset_ratio=ratio), precision="fp32", device="cpu", progress=False,
+                   coreset_selector=record)
+    det.fit_features("c", features, [str(i) for i in range(len(features))])
     return det
 
 

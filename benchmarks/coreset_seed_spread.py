@@ -16,7 +16,7 @@ import torch
 from common import evaluate, test_targets
 
 from structcore.data import load_mvtec
-from structcore.detector import Detector, DetectorConfig
+from structcore import Detector, DetectorConfig
 
 
 def main():

@@ -29,8 +29,8 @@ def _job(conn, spec):
     try:
         import torch
 
-        from structcore import detector as detector_module
-        from structcore.detector import Detector, DetectorConfig
+        from structcore import Detector, DetectorConfig
+        from structcore.coreset import greedy_coreset
 
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
@@ -45,11 +45,9 @@ def _job(conn, spec):
                 big[s : s + 50] = feats[j] + scale * torch.randn(len(j), *feats.shape[1:], generator=gen)
             feats = big
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        detector_module.greedy_coreset = functools.partial(
-            detector_module.greedy_coreset, screened=spec["coreset"] == "screened"
-        )
         det = Detector(DetectorConfig(coreset_ratio=spec["ratio"], calibration=spec["calibration"]),
-                       precision="fp32", device="cpu", progress=False)
+                       precision="fp32", device="cpu", progress=False,
+                       coreset_selector=functools.partial(greedy_coreset, screened=spec["coreset"] == "screened"))
         t = time.perf_counter()
         model = det.fit_features("c", feats, [str(i) for i in range(len(feats))])
         fit_s = time.perf_counter() - t

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from structcore.data import load_mvtec
-from structcore.detector import Detector, DetectorConfig
+from structcore import Detector, DetectorConfig
 from structcore.feature_cache import CacheContext, FeatureCache, default_folder
 from structcore.features import FeatureExtractor
 from structcore.weights import load_backbone

@@ -154,3 +154,18 @@ def test_errors(synthetic_mvtec, tiny_backbone, tmp_path):
     f.write_bytes(f.read_bytes()[:-10])
     with pytest.raises(ModelFileError, match="category_000"):
         Detector.load(tmp_path / "m")
+
+
+def test_the_coreset_selector_is_injectable(synthetic_mvtec, tiny_backbone):
+    calls = []
+
+    def first_rows(features, n_select, seed, progress=False):
+        calls.append((features.shape[0], n_select, seed))
+        return torch.arange(n_select)
+
+    det = Detector(DetectorConfig(**TINY), precision="fp32", progress=False, coreset_selector=first_rows)
+    paths = _paths(synthetic_mvtec, "widget", "train")
+    model = det.fit("widget", paths)
+    feats = det.extract(paths, precision="fp32").reshape(-1, 32)
+    assert calls == [(len(feats), len(feats) // 4, 42)]  # every train patch offered, 25% kept, the config's seed
+    assert torch.equal(model.bank, feats[: len(feats) // 4])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,6 +90,8 @@ class Detector:
     ``precision`` is the backbone's for the images scored (``auto``: bf16 where the CPU or GPU has bf16
     matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
     bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset).
+    ``coreset_selector(features, n_select, seed, progress=...)`` returns the bank's row indices (default
+    :func:`~structcore.coreset.greedy_coreset`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Detector:
         progress: bool = True,
         compile: bool = False,
         fit_precision: str | None = None,
+        coreset_selector: Callable[..., torch.Tensor] = greedy_coreset,
     ):
         if precision not in PRECISIONS or (fit_precision is not None and fit_precision not in PRECISIONS):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r} / {fit_precision!r}")
@@ -127,6 +130,7 @@ class Detector:
         self.knn_backend = knn_backend
         self.num_workers = num_workers
         self.progress = progress
+        self.coreset_selector = coreset_selector
         self.pipeline = ScoringPipeline(self.config)
         self.categories_: dict[str, CategoryModel] = {}
         self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
@@ -220,7 +224,7 @@ class Detector:
         flat = features[bank_ids].reshape(-1, features.shape[-1])
         source = torch.as_tensor(bank_ids).repeat_interleave(features.shape[1])
         started = time.perf_counter()
-        chosen = greedy_coreset(
+        chosen = self.coreset_selector(
             flat, coreset_size(len(flat), cfg.coreset_ratio, cfg.coreset_size), cfg.seed, progress=self.progress
         )
         coreset_s = time.perf_counter() - started
