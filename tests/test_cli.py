@@ -46,3 +46,22 @@ def test_refuses_to_overwrite_and_reports_bad_input(synthetic_mvtec, tiny_backbo
     empty.mkdir()
     assert main(["fit", "--good", str(empty), "--out", str(tmp_path / "m2"), *TINY]) == 2
     assert "empty" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+
+
+def test_every_config_field_has_an_option_and_defaults_are_the_configs():
+    import argparse
+    from dataclasses import asdict
+
+    from structcore import DetectorConfig
+    from structcore.cli.options import add_model_options, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    assert config_from_args(parser.parse_args([])) == DetectorConfig()
+    args = parser.parse_args(["--k", "3", "--heldout-fraction", "0.3", "--descriptor-on", "grid", "--decision-score",
+                              "base", "--coreset-size", "100", "--projection-dim", "0", "--blocks", "-1", "-4"])
+    got = asdict(config_from_args(args))
+    assert {k: got[k] for k in ("k", "heldout_fraction", "descriptor_on", "decision_score", "coreset_size",
+                                "coreset_ratio", "projection_dim", "blocks")} == {
+        "k": 3, "heldout_fraction": 0.3, "descriptor_on": "grid", "decision_score": "base", "coreset_size": 100,
+        "coreset_ratio": None, "projection_dim": None, "blocks": (-1, -4)}

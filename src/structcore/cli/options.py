@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from ..config import CALIBRATIONS, DetectorConfig
 from ..maps import POOLINGS
@@ -56,29 +57,10 @@ def add_runtime_options(p: argparse.ArgumentParser):
 
 
 def config_from_args(args) -> DetectorConfig:
-    return DetectorConfig(
-        backbone=args.backbone,
-        resize=args.resize,
-        crop=args.crop,
-        blocks=tuple(args.blocks),
-        projection_dim=args.projection_dim or None,
-        seed=args.seed,
-        coreset_ratio=args.coreset_ratio,
-        coreset_size=args.coreset_size,
-        k=args.k,
-        sigma=args.sigma,
-        pooling=args.pooling,
-        components=tuple(args.components),
-        top_ratio=args.top_ratio,
-        distance=args.distance,
-        lam=args.lam,
-        calibration=args.calibration,
-        heldout_fraction=args.heldout_fraction,
-        quantile=args.quantile,
-        descriptor_on=args.descriptor_on,
-        routing_prototypes=args.routing_prototypes,
-        decision_score=args.decision_score,
-    )
+    """The DetectorConfig of the model options (every config field has one)."""
+    values = {f.name: getattr(args, f.name) for f in fields(DetectorConfig)}
+    values["projection_dim"] = values["projection_dim"] or None  # 0 = no projection
+    return DetectorConfig(**values)
 
 
 def runtime_from_args(args) -> dict:
