@@ -1,11 +1,17 @@
 """Model folders: ``manifest.json`` plus safetensors files, written atomically, checked on load. No pickle.
 
-A folder is first written in full beside its destination and then swapped in with ``os.replace``,
-so an interrupted save leaves the previous model intact. Every file's sha256 is in the manifest.
+A folder is first written in full beside its destination (``.NAME.writing-PID``) and then swapped in:
+the old folder is renamed to ``.NAME.old-PID``, the new one into place, the old one removed. One writer
+at a time holds the folder's lock (:func:`structcore.files.exclusive`). A writer killed at any step
+leaves either the old or the new model at NAME, or - killed between the two renames - the old model
+only in ``.NAME.old-PID``: the next read or write of NAME (:func:`recover`) moves it back and removes
+the leftovers. The write is reported done only once the new folder is in place. Every file's sha256
+is in the manifest.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -17,15 +23,57 @@ from safetensors.torch import load_file, save_file
 
 from .version import __version__
 from .errors import ModelFileError
-from .files import fsync_path, new_file_mode, sha256_file
+from .files import exclusive, fault_point, fsync_path, new_file_mode, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write ``files`` (name -> tensors) and ``manifest`` into ``folder``, replacing a previous model there."""
+def _leftovers(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``.NAME.writing-PID`` and ``.NAME.old-PID`` folders beside ``folder`` (newest first)."""
+    parent = folder.parent
+    if not parent.is_dir():
+        return [], []
+    def find(kind):
+        found = [p for p in parent.glob(f".{glob.escape(folder.name)}.{kind}-*") if p.name[len(folder.name) + len(kind) + 3:].isdigit()]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return find("writing"), find("old")
+
+
+def recover(folder: Path, log=None) -> bool:
+    """Heal what a killed writer left beside ``folder``: put back a model left only in ``.NAME.old-PID``,
+    remove ``.writing-PID`` folders and ``.old-PID`` ones no longer needed. Cheap when there is nothing to
+    do; otherwise takes the folder's lock (so no live writer is disturbed). True if anything changed."""
     folder = Path(folder)
+    writing, old = _leftovers(folder)
+    if not writing and not old:
+        return False
+    with exclusive(folder, what="recovering"):
+        writing, old = _leftovers(folder)  # again, under the lock: every leftover is now a dead writer's
+        for tmp in writing:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old and not (folder / MANIFEST).is_file() and (not folder.exists() or not any(folder.iterdir())):
+            if folder.exists():
+                folder.rmdir()
+            os.replace(old.pop(0), folder)
+            if log is not None:
+                log(f"{folder}: recovered the model an interrupted write had moved aside")
+        for o in old:
+            shutil.rmtree(o, ignore_errors=True)
+    return True
+
+
+def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write ``files`` (name -> tensors) and ``manifest`` into ``folder``, replacing a previous model there.
+    Holds the folder's lock while it writes (waiting for another writer to finish)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder):
+        recover(folder)
+        return _write_model(folder, manifest, files)
+
+
+def _write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]) -> Path:
     if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
         raise ModelFileError(f"{folder} exists and is not a structcore model folder; refusing to overwrite it")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -41,13 +89,18 @@ def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.T
             os.chmod(path, mode)
             fsync_path(path)
             sums[name] = sha256_file(path)
+        fault_point("model-files-written")
         full = {"format_version": FORMAT_VERSION, "structcore_version": __version__, **manifest, "files": sums}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False))
         fsync_path(tmp / MANIFEST)
+        fault_point("model-manifest-written")
         old = folder.parent / f".{folder.name}.old-{os.getpid()}"
         if folder.exists():
             os.replace(folder, old)
+            fault_point("model-old-moved-aside")
         os.replace(tmp, folder)
+        fsync_path(folder.parent)
+        fault_point("model-new-moved-in")
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -57,9 +110,14 @@ def write_model(folder: Path, manifest: dict, files: dict[str, dict[str, torch.T
 def read_model(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     """Manifest and tensors of a model folder, after checking its version and every file's sha256."""
     folder = Path(folder)
+    try:
+        recover(folder)
+    except OSError:  # a read-only place: read what is there
+        pass
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise ModelFileError(f"{folder} is not a structcore model folder: {MANIFEST} is missing")
+        raise ModelFileError(f"{folder} is not a structcore model folder: {MANIFEST} is missing; "
+                             "give the --out folder of a structcore fit")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
