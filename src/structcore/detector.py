@@ -121,6 +121,10 @@ class Detector:
             self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         except RuntimeError as e:
             raise ConfigError(f"device {device!r}: {e}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is usable here; use --device cpu (or auto)")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device {device!r}: structcore runs on cpu or cuda; use --device cpu, cuda or auto")
         self.precision = resolve_precision(precision, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         self.batch_size = batch_size

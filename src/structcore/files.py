@@ -189,12 +189,17 @@ def check_writable_folder(folder: str | Path, option: str) -> Path:
 
 # -- fault injection (tests) ------------------------------------------------------------------------
 FAULT_ENV = "STRUCTCORE_FAULT"
+DELAY_ENV = "STRUCTCORE_DELAY"
 _fault_hits: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
     """Kill the process here (``os._exit(86)``, no cleanup) when ``$STRUCTCORE_FAULT`` is ``name`` or
-    ``name:N`` (at the N-th time this point is reached). Lets tests kill a real writer at each step."""
+    ``name:N`` (at the N-th time this point is reached); sleep here when ``$STRUCTCORE_DELAY`` is
+    ``name:SECONDS``. Lets tests kill a real writer at each step, or widen a race window, deterministically."""
+    delay = os.environ.get(DELAY_ENV, "")
+    if delay.partition(":")[0] == name:
+        time.sleep(float(delay.partition(":")[2] or 1))
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
