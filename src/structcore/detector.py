@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .backbones import Backbone, load_backbone
 from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
-from .errors import ConfigError, DataError, NotFittedError, UnknownCategoryError, WeightsError
+from .errors import CalibrationWarning, ConfigError, DataError, NotFittedError, UnknownCategoryError, WeightsError
 from .features import FeatureExtractor, fuse_layers, random_projection, resolve_precision
 from .images import source_name
 from .knn import BACKENDS, MemoryBank
@@ -235,6 +236,8 @@ class Detector:
         scored = pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False)
         self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"]}
         calibration, record = pipeline.calibrate(scored, calib_ids)
+        for note in calibration.warnings:
+            warnings.warn(f"category {category!r}: {note}", CalibrationWarning, stacklevel=3)
         model = CategoryModel(
             name=category,
             bank=bank.entries,
@@ -343,6 +346,7 @@ class Detector:
                 "lambda": c.lam,
                 "thresholds": c.thresholds,
                 "train_images": m.train_images,
+                "warnings": list(c.warnings),
             }
         manifest = {
             "config": asdict(self.config),
@@ -380,6 +384,7 @@ class Detector:
                 sigma=t["sigma"].numpy(),
                 lam=float(entry["lambda"]),
                 thresholds={k: float(v) for k, v in entry["thresholds"].items()},
+                warnings=list(entry.get("warnings", [])),
             )
             record = None
             if all(k in t for k in _RECORD_TENSORS):
