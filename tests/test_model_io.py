@@ -88,3 +88,81 @@ def test_the_recovery_waits_for_a_live_writer(tmp_path):
     assert read_model(folder)[0]["tag"] == "old"  # waited for the holder, then healed
     assert time.monotonic() - started > 1 and not fake.exists()
     assert holder.wait(timeout=30) == 0
+
+
+# -- manifests of any shape: a ModelFileError or a model, nothing else --------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**12) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_mvtec, tmp_path_factory):
+    from structcore import Detector, DetectorConfig
+
+    config = DetectorConfig(backbone="tiny", resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
+    det = Detector(config, precision="fp32", progress=False)
+    det.fit("widget", sorted((synthetic_mvtec / "widget" / "train" / "good").iterdir()))
+    folder = tmp_path_factory.mktemp("fitted") / "model"
+    det.save(folder)
+    return folder
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, (*prefix, i))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_manifest_changed_anywhere_loads_or_gives_a_model_file_error(fitted, data):
+    import copy
+    import json
+
+    from structcore import Detector
+
+    original = json.loads((fitted / "manifest.json").read_text())
+    manifest = copy.deepcopy(original)
+    path = data.draw(st.sampled_from(sorted(_paths(original), key=str)))
+    action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+    if not path:
+        manifest = data.draw(JSON)
+    else:
+        parent = manifest
+        for key in path[:-1]:
+            parent = parent[key]
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[data.draw(st.text(max_size=6))] = data.draw(JSON)
+        else:
+            parent[path[-1]] = data.draw(JSON)
+    try:
+        (fitted / "manifest.json").write_text(json.dumps(manifest))
+        try:
+            Detector.load(fitted)
+        except ModelFileError:
+            pass
+    finally:
+        (fitted / "manifest.json").write_text(json.dumps(original, indent=2))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.binary(max_size=200) | JSON.map(lambda v: __import__("json").dumps(v).encode()))
+def test_any_manifest_bytes_give_a_model_file_error(tmp_path_factory, text):
+    folder = tmp_path_factory.mktemp("bytes")
+    (folder / "manifest.json").write_bytes(text)
+    try:
+        read_model(folder)
+    except ModelFileError:
+        pass

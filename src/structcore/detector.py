@@ -24,11 +24,11 @@ from .backbones import Backbone, load_backbone
 from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
-from .errors import CalibrationWarning, ConfigError, DataError, NotFittedError, UnknownCategoryError, WeightsError
+from .errors import CalibrationWarning, ConfigError, DataError, ModelFileError, NotFittedError, UnknownCategoryError, WeightsError
 from .features import FeatureExtractor, fuse_layers, random_projection, resolve_precision
 from .images import source_name
 from .knn import BACKENDS, MemoryBank
-from .model_io import read_model, write_model
+from .model_io import check_detector_manifest, read_model, write_model
 from .router import route, routing_prototypes
 from .scoring import SCORES, CalibrationRecord, ScoredImages, ScoringPipeline
 from .structure import StructCalibration
@@ -366,7 +366,14 @@ class Detector:
     def load(cls, folder: str | Path, **settings) -> Detector:
         """Read a model folder; ``settings`` are runtime options (weights, precision, device, ...)."""
         manifest, files = read_model(Path(folder))
-        config = DetectorConfig(**manifest["config"])
+        check_detector_manifest(Path(folder), manifest, SCORES)
+        try:
+            config = DetectorConfig(**manifest["config"])
+        except (TypeError, ConfigError) as e:
+            raise ModelFileError(f"{Path(folder) / 'manifest.json'}: field 'config' is not valid ({e}); "
+                                 "refit the model, or register its backbone before loading it") from None
+        if any(len(files[e["file"]]["mu"]) != len(config.components) for e in manifest["categories"].values()):
+            raise ModelFileError(f"{folder}: mu/sigma sizes disagree with the components {config.components} in manifest.json")
         settings.setdefault("precision", manifest["precision"])
         if settings.get("fit_precision") is None:  # refit (--add) in the precision the model was fitted in;
             # models written before fit_precision existed were fitted in their test-time precision

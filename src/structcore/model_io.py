@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -122,14 +123,20 @@ def read_model(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{manifest_path} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ModelFileError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an object: {_DAMAGED}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFileError(
             f"{folder} has model format {version!r} (written by structcore {manifest.get('structcore_version')}); "
             f"this structcore {__version__} reads format {FORMAT_VERSION}: refit the model or install a matching version"
         )
+    listed = manifest.get("files", {})
+    _expect(isinstance(listed, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in listed.items()),
+            manifest_path, "files", "an object of file name -> sha256")
     files = {}
-    for name, digest in manifest.get("files", {}).items():
+    for name, digest in listed.items():
+        _expect(_plain_name(name), manifest_path, "files", f"plain file names in the folder, not {name!r}")
         path = folder / name
         if not path.is_file():
             raise ModelFileError(f"{path} is listed in {MANIFEST} but missing")
@@ -143,17 +150,70 @@ def read_model(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     return manifest, files
 
 
+_DAMAGED = "the model folder is damaged or was edited by hand; refit the model"
+
+
+def _expect(ok: bool, manifest_path: Path, field: str, what: str):
+    if not ok:
+        raise ModelFileError(f"{manifest_path}: field {field!r} must be {what}; {_DAMAGED}")
+
+
+def _plain_name(name) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_detector_manifest(folder: Path, manifest: dict, scores: tuple[str, ...]) -> None:
+    """Check the fields :meth:`Detector.load` reads, so that a manifest of any shape gives a ModelFileError
+    naming the field (not a TypeError or KeyError deep in the loader)."""
+    path = Path(folder) / MANIFEST
+    _expect(isinstance(manifest.get("config"), dict), path, "config", "an object of model settings")
+    for key in ("precision", "fit_precision"):
+        if key in manifest or key == "precision":
+            _expect(manifest.get(key) in ("auto", "fp32", "bf16"), path, key, "'auto', 'fp32' or 'bf16'")
+    w = manifest.get("weights")
+    _expect(isinstance(w, dict) and set(w) <= {"name", "sha256", "source", "origin"}
+            and all(isinstance(w.get(k), str) for k in ("name", "sha256", "source"))
+            and isinstance(w.get("origin", ""), str), path, "weights", "an object with name, sha256, source (strings)")
+    cats = manifest.get("categories")
+    _expect(isinstance(cats, dict) and len(cats) > 0, path, "categories", "a non-empty object of category -> entry")
+    for name, e in cats.items():
+        where = f"categories.{name}"
+        _expect(isinstance(e, dict), path, where, "an object")
+        _expect(_plain_name(e.get("file")), path, f"{where}.file", "a file name")
+        _expect(isinstance(e.get("bank_size"), int) and not isinstance(e.get("bank_size"), bool) and e["bank_size"] > 0,
+                path, f"{where}.bank_size", "a positive integer")
+        _expect(_number(e.get("lambda")) and e["lambda"] >= 0, path, f"{where}.lambda", "a number >= 0")
+        t = e.get("thresholds")
+        _expect(isinstance(t, dict) and set(t) == set(scores) and all(_number(v) for v in t.values()),
+                path, f"{where}.thresholds", f"an object of {', '.join(scores)} -> number")
+        _expect(isinstance(e.get("train_images"), list) and all(isinstance(x, str) for x in e["train_images"]),
+                path, f"{where}.train_images", "a list of strings")
+        _expect(isinstance(e.get("warnings", []), list) and all(isinstance(x, str) for x in e.get("warnings", [])),
+                path, f"{where}.warnings", "a list of strings")
+
+
 def _check_shapes(folder: Path, manifest: dict, files: dict[str, dict[str, torch.Tensor]]):
     projection = files.get("projection.safetensors", {}).get("projection")
-    dim = None if projection is None else projection.shape[1]
-    for name, entry in manifest.get("categories", {}).items():
-        tensors = files.get(entry.get("file"))
+    dim = None if projection is None or projection.ndim != 2 else projection.shape[1]
+    categories = manifest.get("categories", {})
+    _expect(isinstance(categories, dict) and all(isinstance(e, dict) for e in categories.values()),
+            folder / MANIFEST, "categories", "an object of category -> entry (an object)")
+    for name, entry in categories.items():
+        tensors = files.get(entry.get("file")) if isinstance(entry.get("file"), str) else None
         if tensors is None:
             raise ModelFileError(f"{folder}: category {name!r} names file {entry.get('file')!r}, which is not in the model")
         for key in ("bank", "bank_source", "prototypes", "mu", "sigma"):
             if key not in tensors:
                 raise ModelFileError(f"{folder / entry['file']} lacks tensor {key!r}")
         bank = tensors["bank"]
+        if bank.ndim != 2 or tensors["bank_source"].ndim != 1 or tensors["prototypes"].ndim != 2:
+            raise ModelFileError(f"{folder / entry['file']}: bank, bank_source or prototypes has the wrong number of dimensions")
+        if tensors["mu"].ndim != 1 or tensors["mu"].shape != tensors["sigma"].shape:
+            raise ModelFileError(f"{folder / entry['file']}: mu and sigma must be vectors of one size")
         if dim is not None and bank.shape[1] != dim:
             raise ModelFileError(f"{folder / entry['file']}: bank width {bank.shape[1]} != projection width {dim}")
         if tensors["bank_source"].shape != (bank.shape[0],) or tensors["prototypes"].shape[1] != bank.shape[1]:
