@@ -169,3 +169,17 @@ def test_the_coreset_selector_is_injectable(synthetic_mvtec, tiny_backbone):
     feats = det.extract(paths, precision="fp32").reshape(-1, 32)
     assert calls == [(len(feats), len(feats) // 4, 42)]  # every train patch offered, 25% kept, the config's seed
     assert torch.equal(model.bank, feats[: len(feats) // 4])
+
+
+def test_a_degenerate_calibration_warns_and_is_recorded_in_the_model(synthetic_mvtec, tiny_backbone, tmp_path):
+    from structcore.errors import CalibrationWarning
+
+    det = _detector()
+    two = _paths(synthetic_mvtec, "widget", "train")[:2]
+    with pytest.warns(CalibrationWarning, match="category 'two': D_struct has no spread"):
+        model = det.fit("two", two)
+    assert model.calibration.lam == 0.0  # not std(base) / eps
+    det.save(tmp_path / "m")
+    entry = json.loads((tmp_path / "m" / "manifest.json").read_text())["categories"]["two"]
+    assert any("lambda set to 0" in w for w in entry["warnings"]) and entry["lambda"] == 0.0
+    assert Detector.load(tmp_path / "m").categories_["two"].calibration.warnings == entry["warnings"]

@@ -91,3 +91,44 @@ def test_sha256_file_is_hashlibs_on_a_multi_megabyte_file(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert sha256_file(empty) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _holder(target, *, kill_after_lock: bool = False):
+    """A real process that takes the lock of ``target``, says so, then waits for stdin (or dies at once)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, sys\nfrom structcore.files import exclusive\nwith exclusive(sys.argv[1]):\n"
+            " print('held', flush=True)\n" + (" os._exit(9)\n" if kill_after_lock else " sys.stdin.readline()\n"))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": src})
+
+
+def test_exclusive_names_the_holder_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    import time
+
+    from structcore.errors import LockedError
+    from structcore.files import exclusive, lock_path
+
+    target = tmp_path / "model"
+    holder = _holder(target)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockedError, match=f"being written by pid {holder.pid}"):
+        with exclusive(target, timeout=0.2):
+            pass
+    lines = []
+    started = time.monotonic()
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    with exclusive(target, log=lines.append):  # waits for the holder to let go
+        assert lock_path(target).read_text().strip() == str(os.getpid())
+        with exclusive(target, timeout=0):  # re-entrant in the holding process
+            pass
+    assert holder.wait(timeout=30) == 0 and time.monotonic() - started < 30
+    dead = _holder(target, kill_after_lock=True)
+    assert dead.stdout.readline().strip() == "held"
+    assert dead.wait(timeout=30) == 9  # killed while holding the lock
+    with exclusive(target, timeout=0):  # the kernel released it
+        pass

@@ -86,3 +86,38 @@ def test_constant_descriptor_dimension_stays_finite():
 def test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2"):
         StructCalibration.from_maps(np.ones((1, 4, 4)), np.ones(1))
+
+
+# -- degenerate calibrations are detected, fall back to lambda 0 and say so --------------------------
+def test_two_calibration_images_give_lambda_0_and_a_warning():
+    from structcore.structure import StructCalibration
+
+    phi = np.array([[0.1, 0.5, 0.02], [0.2, 0.7, 0.03]])
+    calib = StructCalibration.fit(phi, np.array([0.4, 0.5]))
+    # every Mahalanobis distance is sqrt(3): lambda_auto would be std(base) / eps = 5e4
+    assert calib.lam == 0.0
+    assert any("D_struct has no spread" in w and "lambda set to 0" in w for w in calib.warnings)
+    assert any("too few for the 0.995 threshold quantile" in w and "at least 200" in w for w in calib.warnings)
+
+
+def test_near_identical_images_give_lambda_0_and_a_warning():
+    from structcore.structure import StructCalibration
+
+    rng = np.random.default_rng(0)
+    phi = np.array([0.1, 0.5, 0.02]) + rng.normal(0, 1e-9, (10, 3))
+    base = 0.4 + rng.normal(0, 1e-3, 10)
+    calib = StructCalibration.fit(phi, base, quantile=0.9)
+    assert calib.lam == 0.0 and any("(almost) no spread" in w for w in calib.warnings)
+    other = np.array([[0.11, 0.5, 0.02]])  # a slightly different image: no 1e5 hybrid score
+    assert calib.scores_from_descriptors(other, np.array([0.4]))["hybrid"][0] == pytest.approx(0.4)
+    fixed = StructCalibration.fit(phi, base, lam=2.0, quantile=0.9)
+    assert fixed.lam == 2.0 and any("fixed lambda 2.0" in w for w in fixed.warnings)
+
+
+def test_a_healthy_calibration_has_no_warnings():
+    from structcore.structure import StructCalibration
+
+    rng = np.random.default_rng(1)
+    phi = rng.uniform(0.5, 1.5, (400, 3))
+    calib = StructCalibration.fit(phi, rng.uniform(0.3, 0.6, 400))
+    assert calib.warnings == [] and 0 < calib.lam < 100

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +24,11 @@ from .backbones import Backbone, load_backbone
 from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
-from .errors import ConfigError, DataError, NotFittedError, UnknownCategoryError, WeightsError
+from .errors import CalibrationWarning, ConfigError, DataError, ModelFileError, NotFittedError, UnknownCategoryError, WeightsError
 from .features import FeatureExtractor, fuse_layers, random_projection, resolve_precision
 from .images import source_name
 from .knn import BACKENDS, MemoryBank
-from .model_io import read_model, write_model
+from .model_io import check_detector_manifest, read_model, write_model
 from .router import route, routing_prototypes
 from .scoring import SCORES, CalibrationRecord, ScoredImages, ScoringPipeline
 from .structure import StructCalibration
@@ -124,6 +125,10 @@ class Detector:
             self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         except RuntimeError as e:
             raise ConfigError(f"device {device!r}: {e}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is usable here; use --device cpu (or auto)")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device {device!r}: structcore runs on cpu or cuda; use --device cpu, cuda or auto")
         self.precision = resolve_precision(precision, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         self.batch_size = batch_size
@@ -235,6 +240,8 @@ class Detector:
         scored = pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False)
         self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"]}
         calibration, record = pipeline.calibrate(scored, calib_ids)
+        for note in calibration.warnings:
+            warnings.warn(f"category {category!r}: {note}", CalibrationWarning, stacklevel=3)
         model = CategoryModel(
             name=category,
             bank=bank.entries,
@@ -343,6 +350,7 @@ class Detector:
                 "lambda": c.lam,
                 "thresholds": c.thresholds,
                 "train_images": m.train_images,
+                "warnings": list(c.warnings),
             }
         manifest = {
             "config": asdict(self.config),
@@ -362,7 +370,14 @@ class Detector:
     def load(cls, folder: str | Path, **settings) -> Detector:
         """Read a model folder; ``settings`` are runtime options (weights, precision, device, ...)."""
         manifest, files = read_model(Path(folder))
-        config = DetectorConfig(**manifest["config"])
+        check_detector_manifest(Path(folder), manifest, SCORES)
+        try:
+            config = DetectorConfig(**manifest["config"])
+        except (TypeError, ConfigError) as e:
+            raise ModelFileError(f"{Path(folder) / 'manifest.json'}: field 'config' is not valid ({e}); "
+                                 "refit the model, or register its backbone before loading it") from None
+        if any(len(files[e["file"]]["mu"]) != len(config.components) for e in manifest["categories"].values()):
+            raise ModelFileError(f"{folder}: mu/sigma sizes disagree with the components {config.components} in manifest.json")
         settings.setdefault("precision", manifest["precision"])
         if settings.get("fit_precision") is None:  # refit (--add) in the precision the model was fitted in;
             # models written before fit_precision existed were fitted in their test-time precision
@@ -380,6 +395,7 @@ class Detector:
                 sigma=t["sigma"].numpy(),
                 lam=float(entry["lambda"]),
                 thresholds={k: float(v) for k, v in entry["thresholds"].items()},
+                warnings=list(entry.get("warnings", [])),
             )
             record = None
             if all(k in t for k in _RECORD_TENSORS):

@@ -32,6 +32,14 @@ class NotFittedError(StructcoreError, RuntimeError):
     """A detector used before ``fit``."""
 
 
+class LockedError(StructcoreError, RuntimeError):
+    """Another process is writing the same model folder or output folder (the message names its pid)."""
+
+
+class CalibrationWarning(UserWarning):
+    """A category's calibration is degenerate (too few or too similar good images); the model records it."""
+
+
 class UnknownCategoryError(StructcoreError, KeyError):
     """A category the model does not have; the message lists the ones it has."""
 

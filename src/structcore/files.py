@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: temp file beside, fsync, rename.
+"""Writing files so that a reader never sees half of one: temp file beside, fsync, rename; one writer
+of a file or folder at a time (:func:`exclusive`); fault points for kill tests (:func:`fault_point`).
 
 One file-mode policy for everything structcore writes: ``0o666 & ~umask``, what ``open()`` would give
 (``tempfile`` and safetensors would otherwise leave 0600 files).
@@ -6,12 +7,18 @@ One file-mode policy for everything structcore writes: ``0o666 & ~umask``, what 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import DataError, LockedError
 
 
 def _umask() -> int:
@@ -77,3 +84,128 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- one writer at a time ---------------------------------------------------------------------------
+_held: dict[str, int] = {}  # lock files this process holds -> nesting depth (exclusive() is re-entrant)
+_held_guard = threading.Lock()
+
+
+def lock_path(target: str | Path) -> Path:
+    """The lock file of ``target`` (a file or folder): ``.NAME.lock`` beside it, so that it survives the
+    folder being swapped for a new one."""
+    target = Path(target).absolute()
+    return target.parent / f".{target.name}.lock"
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return "another process"
+    return f"pid {text}" if text.isdigit() else "another process"
+
+
+@contextmanager
+def exclusive(target: str | Path, timeout: float | None = None, what: str = "writing",
+              log: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold the lock of ``target`` (see :func:`lock_path`) while the block runs: one writer at a time.
+
+    The lock is an ``flock`` on ``.NAME.lock`` beside ``target``, which holds the holder's pid; the kernel
+    releases it when the holder exits, however it exits, so a killed writer never leaves a stale lock.
+    ``timeout``: seconds to wait for another holder (``None``: wait as long as it takes, ``0``: not at all);
+    then :class:`~structcore.errors.LockedError` names the holder. ``log`` gets one line when waiting starts.
+    Re-entrant within a process (a job that holds the lock can call a writer that takes it again).
+    """
+    lock = lock_path(target)
+    key = str(lock)
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield lock
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, new_file_mode())
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _lock_holder(lock)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"{target} is being written by {holder} (lock {lock}); wait for it to finish, "
+                        "or give a longer --lock-timeout"
+                    ) from None
+                if not told and log is not None:
+                    log(f"{target} is being written by {holder}; waiting for it to finish ({what})")
+                    told = True
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield lock
+        finally:
+            with _held_guard:
+                del _held[key]
+            os.ftruncate(fd, 0)  # flock is released by close() below
+    finally:
+        os.close(fd)
+
+
+def holds_lock(target: str | Path) -> bool:
+    """Whether this process holds the lock of ``target``."""
+    return str(lock_path(target)) in _held
+
+
+def check_writable_folder(folder: str | Path, option: str) -> Path:
+    """Create ``folder`` if needed and check a file can be written in it, before any work starts;
+    otherwise raise :class:`~structcore.errors.DataError` naming ``option`` and the reason."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{option} {folder}: is a file, not a folder; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".structcore-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"{option} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
+    return folder
+
+
+# -- fault injection (tests) ------------------------------------------------------------------------
+FAULT_ENV = "STRUCTCORE_FAULT"
+DELAY_ENV = "STRUCTCORE_DELAY"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Kill the process here (``os._exit(86)``, no cleanup) when ``$STRUCTCORE_FAULT`` is ``name`` or
+    ``name:N`` (at the N-th time this point is reached); sleep here when ``$STRUCTCORE_DELAY`` is
+    ``name:SECONDS``. Lets tests kill a real writer at each step, or widen a race window, deterministically."""
+    delay = os.environ.get(DELAY_ENV, "")
+    if delay.partition(":")[0] == name:
+        time.sleep(float(delay.partition(":")[2] or 1))
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want, _, count = spec.partition(":")
+    if want != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] >= int(count or 1):
+        os._exit(86)

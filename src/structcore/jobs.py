@@ -7,8 +7,13 @@ returns what it wrote; none knows about argument parsing.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import os
+import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +21,10 @@ import numpy as np
 from .config import DetectorConfig
 from .data import list_images, load_mvtec
 from .detector import Detector, Prediction
-from .errors import DataError
-from .files import atomic_write, atomic_write_json, atomic_write_text
+from .errors import ConfigError, DataError
+from .files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder, exclusive, fault_point
+from .model_io import MANIFEST, recover
+from .scoring import SCORES
 from .images import load_image
 from .visualize import color_range, overlay
 
@@ -33,22 +40,56 @@ def training_sets(data: str | Path | None = None, categories: list[str] | None =
     return {c.name: c.train for c in load_mvtec(Path(data), categories)}
 
 
+def _check_add_options(out: Path, model: DetectorConfig, options: dict):
+    """``fit --add`` takes its model options from the model: refuse given options that differ."""
+    for name, value in options.items():
+        have = getattr(model, name)
+        if value != have:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {value} differs from the model in {out}, which has {name} {have}: --add fits new "
+                f"categories with the model's own options; drop {flag}, or fit a separate model into another --out"
+            )
+
+
 def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConfig | None = None, *,
-              add: bool = False, overwrite: bool = False, log: Callable[[str], None] = print, **runtime) -> Detector:
-    """Fit each category of ``sets`` and write the model folder ``out`` (``add``: into the model there)."""
+              add: bool = False, overwrite: bool = False, options: dict | None = None,
+              lock_timeout: float | None = None, log: Callable[[str], None] = print, **runtime) -> Detector:
+    """Fit each category of ``sets`` and write the model folder ``out``.
+
+    ``add``: into the model there; a category it already has is refitted only with ``overwrite``, and
+    ``options`` (config fields the caller set explicitly) must agree with the model's. Holds ``out``'s lock
+    from loading to writing, so concurrent ``add`` runs wait for each other and none loses the other's work
+    (``lock_timeout``: seconds to wait, None = as long as it takes).
+    """
     out = Path(out)
-    if add:
-        detector = Detector.load(out, **runtime)
-    else:
-        if (out / "manifest.json").exists() and not overwrite:
-            raise DataError(f"{out} already holds a model; use --add to add categories or --overwrite to replace it")
-        detector = Detector(config, **runtime)
-    for name, paths in sets.items():
-        model = detector.fit(name, paths)
-        t = model.calibration.thresholds
-        log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
-            f"thresholds base {t['base']:.4g} hybrid {t['hybrid']:.4g}")
-    detector.save(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a model folder")
+    check_writable_folder(out.absolute().parent, "--out")
+    with exclusive(out, timeout=lock_timeout, log=log):
+        recover(out, log=log)
+        if add:
+            if not (out / MANIFEST).is_file():
+                raise DataError(f"--add: {out} holds no model yet; drop --add to fit a new model there")
+            detector = Detector.load(out, **runtime)
+            _check_add_options(out, detector.config, options or {})
+            again = sorted(set(sets) & set(detector.categories_))
+            if again and not overwrite:
+                raise DataError(
+                    f"the model in {out} already has categor{'ies' if len(again) > 1 else 'y'} {', '.join(again)}; "
+                    "pass --overwrite to refit it, or give the new category another name (--category)"
+                )
+        else:
+            if (out / MANIFEST).exists() and not overwrite:
+                raise DataError(f"{out} already holds a model; use --add to add categories or --overwrite to replace it")
+            detector = Detector(config, **runtime)
+        fault_point("fit-loaded")
+        for name, paths in sets.items():
+            model = detector.fit(name, paths)
+            t = model.calibration.thresholds
+            log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
+                f"thresholds base {t['base']:.4g} hybrid {t['hybrid']:.4g}")
+        detector.save(out)
     log(f"model written to {out}")
     return detector
 
@@ -84,6 +125,13 @@ def _save_npy(path: Path, array: np.ndarray):
         np.save(f, array)
 
 
+COLUMNS = ("image", "category", *(f"{k}_score" for k in SCORES), *(f"{k}_threshold" for k in SCORES),
+           "decision", "map", "overlay", "error")
+_NUMBERS = {c for c in COLUMNS if c.endswith(("_score", "_threshold"))}
+RESULTS = "predictions.csv"
+RUN_RECORD = "predictions.run.json"
+
+
 def prediction_row(pred: Prediction, name: str) -> dict:
     return {
         "image": pred.path,
@@ -93,29 +141,177 @@ def prediction_row(pred: Prediction, name: str) -> dict:
         "decision": pred.decision,
         "map": f"maps/{name}.npy",
         "overlay": f"overlays/{name}.png",
+        "error": "",
     }
 
 
-def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path, category: str | None = None,
-                  log: Callable[[str], None] = print) -> list[dict]:
-    """Score image files/folders; write ``predictions.csv|json``, ``maps/*.npy`` and ``overlays/*.png``."""
-    paths = collect_images(inputs)
-    out = Path(out)
-    preprocess = detector.config.preprocess
-    rows = []
-    for name, pred in zip(output_names(paths), detector.predict_stream(paths, category=category)):
-        atomic_write(out / "maps" / f"{name}.npy", lambda tmp, m=pred.anomaly_map: _save_npy(tmp, m))
-        vmin, vmax = color_range(pred.thresholds["base"])
-        picture = overlay(preprocess.view(load_image(pred.path)), pred.anomaly_map, vmin, vmax)
-        atomic_write(out / "overlays" / f"{name}.png", lambda tmp, im=picture: im.save(tmp, format="PNG"))
-        rows.append(prediction_row(pred, name))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "predictions.csv", text.getvalue())
-    atomic_write_json(out / "predictions.json", rows)
+def failure_row(path: Path, error: Exception) -> dict:
+    return {**dict.fromkeys(COLUMNS), "image": str(path), "decision": "error", "error": str(error)}
+
+
+def run_key(detector: Detector, category: str | None) -> str:
+    """What makes two predict runs' results interchangeable: the model (config, weights, calibration,
+    banks), the test-time precision and the category option."""
+    record = {
+        "config": asdict(detector.config),
+        "precision": detector.precision,
+        "weights": getattr(detector.weights_info_, "sha256", None),
+        "category": category,
+        "categories": {n: [m.calibration.lam, m.calibration.thresholds, list(m.bank.shape), float(m.bank.double().sum())]
+                       for n, m in sorted(detector.categories_.items())},
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_results(out: Path) -> list[dict]:
+    """The complete rows of an earlier run's ``predictions.csv`` (a row cut short by a kill is dropped)."""
+    try:
+        with open(out / RESULTS, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                return []
+            rows = [r for r in reader if None not in r.values() and None not in r]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
     for r in rows:
-        log(f"{r['decision']:<7} {r['category']:<12} hybrid {r['hybrid_score']:.4g}  {r['image']}")
-    log(f"{sum(r['decision'] == 'reject' for r in rows)} of {len(rows)} rejected; results in {out}")
+        for c in _NUMBERS:
+            try:
+                r[c] = float(r[c]) if r[c] != "" else None
+            except ValueError:
+                r[c] = None
     return rows
+
+
+def _earlier_rows(out: Path, key: str) -> list[dict]:
+    """The rows an earlier run wrote into ``out`` with the same model and settings (none for others)."""
+    try:
+        same = json.loads((out / RUN_RECORD).read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    return _read_results(out) if same else []
+
+
+def _names_beside(paths: list[Path], taken: set[str]) -> dict[str, str]:
+    """Output names of ``paths`` (see :func:`output_names`) that avoid the names ``taken`` by other images'
+    results already in the output folder."""
+    names = {}
+    for path, name in zip(paths, output_names(paths)):
+        unique, i = name, 1
+        while unique in taken:
+            i += 1
+            unique = f"{name}_{i}"
+        taken.add(unique)
+        names[str(path)] = unique
+    return names
+
+
+def _reusable(out: Path, row: dict, name: str) -> bool:
+    """An earlier row this run need not score again: scored (not failed), named as this run names the
+    image, with its map and overlay on disk."""
+    return (not row["error"] and None not in (row["base_score"], row["hybrid_score"])
+            and row["map"] == f"maps/{name}.npy" and row["overlay"] == f"overlays/{name}.png"
+            and (out / row["map"]).is_file() and (out / row["overlay"]).is_file())
+
+
+def _score_chunk(detector: Detector, paths: list[Path], category: str | None) -> list[Prediction | DataError]:
+    """Predictions of ``paths``; an image that cannot be read gives its DataError instead (the others are
+    scored one by one when a chunk holds such an image)."""
+    try:
+        return list(detector.predict_stream(paths, category=category))
+    except DataError as e:
+        if len(paths) == 1:
+            return [e]
+    return [r for p in paths for r in _score_chunk(detector, [p], category)]
+
+
+def _csv_line(row: dict) -> str:
+    text = io.StringIO()
+    csv.DictWriter(text, fieldnames=COLUMNS).writerow(row)
+    return text.getvalue()
+
+
+def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path, category: str | None = None, *,
+                  lock_timeout: float | None = None, log: Callable[[str], None] = print,
+                  warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Score image files/folders; write ``predictions.csv|json``, ``maps/*.npy`` and ``overlays/*.png``.
+
+    Every readable image is scored; one that cannot be read gets a row with decision ``error`` and the
+    reason (also passed to ``warn``, default stderr). Rows are appended to ``predictions.csv`` as images are
+    scored, so a run that is killed keeps what it scored, and a rerun into the same ``out`` with the same
+    model and settings skips those images (``predictions.run.json`` records what they were scored with).
+    At the end ``predictions.csv`` and ``predictions.json`` hold the rows an earlier run with the same
+    model left for other images, then this run's inputs in input order. Returns this run's rows.
+    Holds ``out``'s lock throughout (``lock_timeout`` as for :func:`fit_model`). Raises :class:`DataError`
+    (after writing the results) if no image could be scored.
+    """
+    warn = warn or (lambda m: print(f"structcore: warning: {m}", file=sys.stderr))
+    paths = collect_images(inputs)
+    if category is not None:
+        detector._require_fitted(category)
+    out = check_writable_folder(out, "--out")
+    preprocess = detector.config.preprocess
+    with exclusive(out, timeout=lock_timeout, log=log):
+        key = run_key(detector, category)
+        earlier = _earlier_rows(out, key)
+        if not earlier and (out / RESULTS).exists():
+            log(f"{out / RESULTS} holds results of another model or other settings; they are replaced")
+        mine = {str(p) for p in paths}
+        kept = [r for r in earlier if r["image"] not in mine]  # other images' rows stay
+        names = _names_beside(paths, {Path(r["map"]).stem for r in kept if r["map"]})
+        done = {r["image"]: r for r in earlier if r["image"] in names and _reusable(out, r, names[r["image"]])}
+        if done:
+            log(f"resuming: {len(done)} of {len(paths)} images already scored in {out}")
+        journal_rows = [*kept, *done.values()]
+        atomic_write_text(out / RESULTS, "".join([",".join(COLUMNS) + "\n", *map(_csv_line, journal_rows)]))
+        atomic_write_json(out / RUN_RECORD, {"key": key})
+        todo = [p for p in paths if str(p) not in done]
+        new: dict[str, dict] = {}
+        with open(out / RESULTS, "a", newline="", encoding="utf-8") as journal:
+            step = detector.batch_size * 8
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                for path, result in zip(chunk, _score_chunk(detector, chunk, category)):
+                    row = _write_outputs(out, preprocess, path, result, names[str(path)])
+                    if row["error"]:
+                        warn(row["error"])
+                    new[row["image"]] = row
+                    journal.write(_csv_line(row))
+                    journal.flush()
+                    fault_point("predict-row")
+            os.fsync(journal.fileno())
+        rows = [done.get(str(p)) or new[str(p)] for p in paths]
+        everything = [*kept, *rows]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(everything)
+        atomic_write_text(out / RESULTS, text.getvalue())
+        atomic_write_json(out / "predictions.json", everything)
+    for r in rows:
+        if r["error"]:
+            log(f"{'error':<7} {'-':<12} {'':<12}  {r['image']}")
+        else:
+            log(f"{r['decision']:<7} {r['category']:<12} hybrid {r['hybrid_score']:.4g}  {r['image']}")
+    failed = [r for r in rows if r["error"]]
+    scored = len(rows) - len(failed)
+    if not scored:
+        raise DataError(f"none of the {len(rows)} images could be scored; the reason for each is in {out / RESULTS}")
+    log(f"{sum(r['decision'] == 'reject' for r in rows)} of {scored} rejected"
+        + (f"; {len(failed)} could not be scored (decision 'error' in {RESULTS})" if failed else "")
+        + f"; results in {out}")
+    return rows
+
+
+def _write_outputs(out: Path, preprocess, path: Path, result: Prediction | DataError, name: str) -> dict:
+    """Write one image's map and overlay; its row (a failure row if it could not be read)."""
+    if isinstance(result, DataError):
+        return failure_row(path, result)
+    try:
+        view = preprocess.view(load_image(result.path))
+    except DataError as e:  # changed or removed since it was scored
+        return failure_row(path, e)
+    atomic_write(out / "maps" / f"{name}.npy", lambda tmp, m=result.anomaly_map: _save_npy(tmp, m))
+    vmin, vmax = color_range(result.thresholds["base"])
+    picture = overlay(view, result.anomaly_map, vmin, vmax)
+    atomic_write(out / "overlays" / f"{name}.png", lambda tmp, im=picture: im.save(tmp, format="PNG"))
+    return prediction_row(result, name)

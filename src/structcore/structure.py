@@ -3,11 +3,21 @@
 phi(S) = [std(S), mean of the top r of S, TV(S)] (eq. 7-9); D_struct = a distance of phi from the
 train-good mean (diagonal Mahalanobis by default, eq. 10); S_hyb = S_base + lambda * D_struct with
 lambda_auto = Std(S_base) / (Std(D_struct) + eps) over train-good images (eq. 11-12).
+
+Degenerate calibrations are detected and recorded in ``StructCalibration.warnings`` (and so in the model
+manifest): when D_struct has (almost) no spread over the calibration images (two images always give every
+diagonal-Mahalanobis distance sqrt(len(components))), or a descriptor dimension has a standard deviation
+below :data:`REL_SPREAD` times its mean (near-identical images: sigma ~ 1e-9 turns any other image into a
+D_struct of 1e5+), lambda_auto falls back to **0**, so the hybrid score is the base score; a fixed ``lam``
+is kept and warned about. When the calibration images are too few to resolve the threshold quantile
+(fewer than ``1 / (1 - quantile)``), the thresholds are kept and the warning says which share of the train
+images scores above them and how many images are needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +25,9 @@ from .errors import ConfigError, DataError
 from .maps import pool
 
 EPS = 1e-6
+#: A spread (standard deviation) at most this share of the mean counts as none (degenerate calibration).
+REL_SPREAD = 1e-4
+_SIGMA_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std")
 COMPONENTS = ("std", "topk", "tv")
 DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "euclidean", "manhattan", "chebyshev", "cosine")
 
@@ -78,6 +91,7 @@ class StructCalibration:
     sigma: np.ndarray
     lam: float
     thresholds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # what is degenerate about this calibration (see module)
 
     @classmethod
     def fit(
@@ -99,13 +113,38 @@ class StructCalibration:
             raise ValueError(f"phi must be [N, {len(components)}] for components {components}, got {phi.shape}")
         if len(phi) < 2:
             raise DataError("StructCore calibration needs the maps of at least 2 train-good images")
+        n = len(phi)
         mu, sigma = phi.mean(0), phi.std(0)
         d = structural_distance(phi, mu, sigma, distance)
-        if lam is None:
+        notes = []
+        flat = [c for c, m, s in zip(components, mu, sigma) if s <= REL_SPREAD * max(abs(m), EPS)]
+        problem = None
+        if np.std(d) <= REL_SPREAD * max(float(np.abs(d).mean()), EPS):
+            problem = f"D_struct has no spread over the {n} calibration images (std {np.std(d):.3g})"
+        elif flat and distance in _SIGMA_DISTANCES:
+            problem = (f"descriptor {', '.join(flat)} has (almost) no spread over the {n} calibration images "
+                       "(they are near-identical)")
+        if problem and lam is None:
+            lam = 0.0
+            notes.append(f"{problem}: lambda set to 0, so the hybrid score is the base score; fit on more, and "
+                         "more varied, good images (a few dozen)")
+        elif problem:
+            notes.append(f"{problem}: with the fixed lambda {lam} the struct and hybrid scores are unreliable; "
+                         "fit on more, and more varied, good images")
+        elif lam is None:
             lam = float(np.std(base) / (np.std(d) + EPS))
         calib = cls(tuple(components), top_ratio, distance, mu, sigma, float(lam), thresholds={})
         scores = calib.combine(base, d)
         calib.thresholds = {name: float(np.quantile(s, quantile)) for name, s in scores.items()}
+        needed = math.ceil(1 / (1 - quantile) - 1e-9) if quantile < 1 else 1
+        if n < needed:
+            above = max(float(np.mean(s > calib.thresholds[k])) for k, s in scores.items())
+            notes.append(
+                f"{n} calibration images are too few for the {quantile} threshold quantile (it needs at least "
+                f"{needed}): up to {above:.0%} of the train images score above a threshold, not {1 - quantile:.1%}; "
+                f"fit on at least {needed} good images, or lower --quantile to {1 - 1 / n:.3g} or less"
+            )
+        calib.warnings = notes
         return calib
 
     @classmethod

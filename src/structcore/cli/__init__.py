@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import StructcoreError
+from .errors import run_command
 from . import benchmark, fit, predict, rescore, speed, weights
 
 COMMANDS = (weights, fit, predict, benchmark, speed, rescore)
@@ -13,18 +13,16 @@ COMMANDS = (weights, fit, predict, benchmark, speed, rescore)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structcore", description="Training-free anomaly detection with StructCore.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
+    for p in sub.choices.values():  # also after the command (SUPPRESS: absent, it keeps the top-level value)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error becomes one ``structcore: error: ...`` line (a traceback only with --debug)."""
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (StructcoreError, KeyError, ValueError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and not isinstance(e, StructcoreError) and e.args else e
-        print(f"structcore: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args, sys.stderr)

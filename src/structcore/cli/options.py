@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 
 from ..config import CALIBRATIONS, DetectorConfig
@@ -10,34 +11,86 @@ from ..maps import POOLINGS
 from ..structure import COMPONENTS, DISTANCES
 
 
+# -- argument types: a bad value is an argparse error naming the option, before any work starts --------
+def _number(kind, ok, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+integer = _number(int, lambda v: True, "an integer")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+open_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+class _Given(argparse.Action):
+    """Stores the value and records that the option was given (``args.given``), for ``fit --add``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", frozenset()) | {self.dest}
+
+
+def given_model_options(args) -> dict:
+    """The config fields of the model options given on the command line, with their (config) values."""
+    config = config_from_args(args)
+    return {name: getattr(config, name) for name in sorted(getattr(args, "given", ()))}
+
+
 def add_model_options(p: argparse.ArgumentParser):
     """Options that define a model (stored in its manifest)."""
     d = DetectorConfig()
-    g = p.add_argument_group("model")
+    g = _GivenGroup(p.add_argument_group("model"))
     g.add_argument("--backbone", default=d.backbone, help="DINOv2 model, e.g. dinov2_vits14, dinov2_vitb14 (default %(default)s)")
-    g.add_argument("--resize", type=int, default=d.resize)
-    g.add_argument("--crop", type=int, default=d.crop)
-    g.add_argument("--blocks", type=int, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
-    g.add_argument("--projection-dim", type=int, default=d.projection_dim, help="random projection width; 0 = off")
-    g.add_argument("--coreset-ratio", type=float, default=d.coreset_ratio)
-    g.add_argument("--coreset-size", type=int, default=None, help="absolute bank size (overrides the ratio)")
-    g.add_argument("--k", type=int, default=d.k, help="nearest neighbours per patch")
-    g.add_argument("--sigma", type=float, default=d.sigma, help="Gaussian blur sigma; 0 = off")
+    g.add_argument("--resize", type=positive_int, default=d.resize)
+    g.add_argument("--crop", type=positive_int, default=d.crop)
+    g.add_argument("--blocks", type=integer, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
+    g.add_argument("--projection-dim", type=nonnegative_int, default=d.projection_dim, help="random projection width; 0 = off")
+    g.add_argument("--coreset-ratio", type=fraction, default=d.coreset_ratio)
+    g.add_argument("--coreset-size", type=positive_int, default=None, help="absolute bank size (overrides the ratio)")
+    g.add_argument("--k", type=positive_int, default=d.k, help="nearest neighbours per patch")
+    g.add_argument("--sigma", type=nonnegative_float, default=d.sigma, help="Gaussian blur sigma; 0 = off")
     g.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
     g.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(d.components))
-    g.add_argument("--top-ratio", type=float, default=d.top_ratio)
+    g.add_argument("--top-ratio", type=fraction, default=d.top_ratio)
     g.add_argument("--distance", choices=DISTANCES, default=d.distance)
-    g.add_argument("--lam", type=float, default=None, help="fixed hybrid weight (default: lambda_auto)")
+    g.add_argument("--lam", type=nonnegative_float, default=None, help="fixed hybrid weight (default: lambda_auto)")
     g.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration)
-    g.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
+    g.add_argument("--heldout-fraction", type=open_fraction, default=d.heldout_fraction,
                    help="share of train images held out for --calibration held-out")
-    g.add_argument("--quantile", type=float, default=d.quantile, help="threshold quantile of train-good scores")
+    g.add_argument("--quantile", type=fraction, default=d.quantile, help="threshold quantile of train-good scores")
     g.add_argument("--descriptor-on", choices=["map", "grid"], default=d.descriptor_on,
                    help="compute phi on the final map or on the raw kNN grid")
-    g.add_argument("--routing-prototypes", type=int, default=d.routing_prototypes)
+    g.add_argument("--routing-prototypes", type=positive_int, default=d.routing_prototypes)
     g.add_argument("--decision-score", choices=["base", "struct", "hybrid"], default=d.decision_score,
                    help="the score whose threshold decides accept/reject")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=integer, default=d.seed)
+
+
+class _GivenGroup:
+    """An argument group whose options record when they are given (see :class:`_Given`)."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def add_argument(self, *names, **kw):
+        return self.group.add_argument(*names, action=_Given, **kw)
+
+
+def add_lock_option(p: argparse.ArgumentParser):
+    p.add_argument("--lock-timeout", type=nonnegative_float, default=None, metavar="SECONDS",
+                   help="how long to wait while another structcore process writes the same --out "
+                   "(default: as long as it takes; 0: fail at once)")
 
 
 def add_runtime_options(p: argparse.ArgumentParser):
@@ -51,8 +104,8 @@ def add_runtime_options(p: argparse.ArgumentParser):
                    "bf16 fits twice as fast but picks a different coreset")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone (one-off ~15 s, then faster)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument("--workers", type=nonnegative_int, default=2, help="image-decoding threads")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

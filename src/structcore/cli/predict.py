@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..detector import Detector
+from ..files import check_writable_folder
 from ..jobs import predict_files
-from .options import add_runtime_options, runtime_from_args
+from .options import add_lock_option, add_runtime_options, runtime_from_args
 
 
 def register(sub):
@@ -12,11 +15,21 @@ def register(sub):
     p.add_argument("--model", required=True)
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--category", help="category of all inputs (default: routed per image)")
-    p.add_argument("--out", default="predictions", help="output folder (default %(default)s)")
+    p.add_argument("--out", default="predictions", help="output folder (default %(default)s); a rerun into the same "
+                   "folder with the same model skips the images already scored there")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if any image could not be scored (default: score the others, list it)")
+    add_lock_option(p)
     add_runtime_options(p)
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args) -> int:
+    check_writable_folder(args.out, "--out")  # before the model and the backbone are loaded
     detector = Detector.load(args.model, **runtime_from_args(args))
-    predict_files(detector, args.inputs, args.out, category=args.category)
+    rows = predict_files(detector, args.inputs, args.out, category=args.category, lock_timeout=args.lock_timeout)
+    failed = sum(bool(r["error"]) for r in rows)
+    if failed and args.strict:
+        print(f"structcore: error: {failed} of {len(rows)} images could not be scored (--strict)", file=sys.stderr)
+        return 1
+    return 0
