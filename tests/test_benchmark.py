@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from structcore import benchmark
+from structcore.cli import benchmark as benchmark_cli
 from structcore.benchmark import Ablations, pick_examples, run_benchmark
 from structcore.data import Category, Sample, load_mvtec
 from structcore.detector import DetectorConfig
-from structcore.structure import COMPONENTS, StructCalibration, descriptor
 from structcore.weights import WeightsInfo
 
 TINY = DetectorConfig(backbone="tiny", resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
@@ -192,13 +192,13 @@ def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch
     fake_report.write_report = lambda out: written.append(out) or out / "report.html"
     monkeypatch.setitem(sys.modules, "structcore.report", fake_report)
     parser = argparse.ArgumentParser()
-    benchmark.register(parser.add_subparsers(dest="command"))
+    benchmark_cli.register(parser.add_subparsers(dest="command"))
     base = ["benchmark", "--data", str(synthetic_mvtec), "--out", str(tmp_path / "o")]
     args = parser.parse_args([*base, "--layer-sets", "-1,-3,-6,-9,-12", "-4", "--ablate-lambda"])
     assert args.layer_sets == [(-1, -3, -6, -9, -12), (-4,)]
-    ab = benchmark.ablations_from_args(args)
+    ab = benchmark_cli.ablations_from_args(args)
     assert ab.lambdas == benchmark.DEFAULT_LAMBDAS and not ab.components and ab.layer_sets == ((-1, -3, -6, -9, -12), (-4,))
-    ab = benchmark.ablations_from_args(parser.parse_args([*base, "--ablate-all"]))
+    ab = benchmark_cli.ablations_from_args(parser.parse_args([*base, "--ablate-all"]))
     assert ab.components and ab.distances and ab.layers and ab.calibration and ab.descriptor_on and ab.lambdas
     args = parser.parse_args([
         *base, "--categories", "widget", "--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
@@ -245,3 +245,28 @@ def test_calibration_maps_reproduce_the_fit_in_any_chunking(synthetic_mvtec, tin
         for s in ("base", "struct", "hybrid"):
             assert np.allclose(whole.scores[s], parts.scores[s])
             assert thresholds[s] == pytest.approx(np.quantile(whole.scores[s], 0.995), rel=1e-6)
+
+
+def test_a_second_benchmark_into_the_same_out_waits_or_fails_naming_the_holder(synthetic_mvtec, tmp_path, capsys):
+    import subprocess
+    import time
+
+    from structcore.cli import main
+
+    out = tmp_path / "o"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from structcore.files import exclusive\n"
+         "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        code = main(["benchmark", "--data", str(synthetic_mvtec), "--out", str(out), "--backbone", "tiny",
+                     "--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16",
+                     "--no-feature-cache", "--no-report", "--quiet", "--lock-timeout", "0"])
+        assert code == 2 and time.perf_counter() - started < 20
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not (out / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from PIL import Image
 
 from .errors import ConfigError
 from .vit import resolve_blocks
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,7 +96,7 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        backbone: VisionTransformer,
+        backbone: Backbone,
         blocks: tuple[int, ...] = SKIP5,
         projection: torch.Tensor | None = None,
         precision: str = "fp32",
@@ -138,7 +142,7 @@ class FeatureExtractor:
 class _BlockTokens(torch.nn.Module):
     """The backbone's patch tokens of the chosen blocks, under bf16 autocast when asked (what gets compiled)."""
 
-    def __init__(self, backbone: VisionTransformer, blocks: tuple[int, ...], bf16: bool):
+    def __init__(self, backbone: Backbone, blocks: tuple[int, ...], bf16: bool):
         super().__init__()
         self.backbone, self.blocks, self.bf16 = backbone, list(blocks), bf16
 

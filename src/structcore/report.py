@@ -1061,18 +1061,3 @@ def _html(results, out_dir, scores, fig2, per_cat, fig3, qual, problems) -> str:
         out.append("<h3>Detector settings</h3>" + generic_table(config, pct=False))
     out.append("</body></html>\n")
     return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m structcore.report DIR``: (re)write the figures and report.html of a benchmark folder."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m structcore.report", description=main.__doc__)
-    parser.add_argument("out_dir", type=Path, help="a folder written by `structcore benchmark --out`")
-    args = parser.parse_args(argv)
-    print(write_report(args.out_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

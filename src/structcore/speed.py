@@ -30,7 +30,6 @@ Writes ``DIR/speed.json`` and ``DIR/speed.md`` (also printed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -40,7 +39,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,7 @@ from .images import load_image
 from .config import DetectorConfig
 from .detector import Detector
 from .scoring import ScoringPipeline
-from .features import cpu_bf16_flags, resolve_precision
+from .features import cpu_bf16_flags, cpu_has_bf16_matmul, resolve_precision
 from .weights import WeightsInfo, load_backbone
 
 SCHEMA = 1
@@ -224,7 +223,9 @@ def fit_job(spec: dict) -> dict:
 
 
 def _rates(device: torch.device) -> dict[str, float]:
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    """Matmul rates; bf16 only where the hardware has bf16 units (emulated, one product takes minutes, and a
+    bf16 row's floor then uses the fp32 rate)."""
+    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16_matmul()
     rates = {"fp32": matmul_tflops(torch.float32, device)}
     if bf16_ok:
         rates["bf16"] = matmul_tflops(torch.bfloat16, device)
@@ -536,54 +537,3 @@ def markdown(result: dict) -> str:
 
 
 # -- command line -------------------------------------------------------------------------------------
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "speed",
-        help="time extraction, kNN and post-processing per image (the paper's Table 4) on this machine",
-        description=__doc__.split("\n\n")[0],
-    )
-    d = DetectorConfig()
-    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
-    p.add_argument("--category", default="bottle")
-    p.add_argument("--backbones", nargs="+", default=["dinov2_vits14"], help="e.g. dinov2_vits14 dinov2_vitb14")
-    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--coreset-ratios", type=float, nargs="+", default=[0.01, 0.05, 0.1])
-    p.add_argument("--runs", type=int, default=3, help="timed passes over the test images; medians are reported")
-    p.add_argument("--images", type=int, default=32, help="test images per pass (evenly spread; 0 = all)")
-    p.add_argument("--train-images", type=int, default=None, help="train images to fit on (default: all)")
-    p.add_argument("--out", required=True, help="output folder (speed.json, speed.md, models/)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--weights", nargs="+", default=[], metavar="NAME=FILE", help="weights file per backbone")
-    p.add_argument("--random-weights", action="store_true", help="random weights for every backbone (timing only)")
-    p.add_argument("--resize", type=int, default=d.resize)
-    p.add_argument("--crop", type=int, default=d.crop)
-    p.add_argument("--blocks", type=int, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
-    p.add_argument("--projection-dim", type=int, default=d.projection_dim, help="random projection width; 0 = off")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                   help="time the test pass with the backbone under torch.compile (on), without (off), or both")
-    p.add_argument("--in-process", action="store_true", help="no subprocesses (peak RSS is then cumulative)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_speed)
-    return p
-
-
-def cmd_speed(args):
-    weights = {}
-    for item in args.weights:
-        name, sep, file = item.partition("=")
-        if not sep:
-            raise ValueError(f"--weights takes NAME=FILE, got {item!r}")
-        weights[name] = file
-    config = replace(DetectorConfig(), resize=args.resize, crop=args.crop, blocks=tuple(args.blocks),
-                     projection_dim=args.projection_dim or None)
-    result = run_speed(
-        args.data, args.category, args.out, args.backbones, args.precisions, args.coreset_ratios, args.runs,
-        args.images or None, args.train_images, config, args.device, args.batch_size, args.workers, args.threads,
-        weights, args.random_weights, not args.in_process, args.quiet,
-        {"off": (False,), "on": (True,), "both": (False, True)}[args.compile],
-    )
-    print(markdown(result))
-

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .errors import run_command
-from . import benchmark, fit, predict, rescore, speed, weights
+from . import benchmark, fit, predict, report, rescore, speed, weights
 
-COMMANDS = (weights, fit, predict, benchmark, speed, rescore)
+COMMANDS = (weights, fit, predict, benchmark, speed, report, rescore)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,55 @@
 
 from __future__ import annotations
 
-from .. import speed
+import argparse
+
+from ..speed import markdown, run_speed
+from .options import add_model_options, config_from_args
 
 
-def register(sub):
-    speed.register(sub)
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "speed",
+        help="time extraction, kNN and post-processing per image (the paper's Table 4) on this machine",
+        description="the paper's Table 4 (test-time latency per image) measured on this machine",
+    )
+    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    p.add_argument("--category", default="bottle")
+    p.add_argument("--backbones", nargs="+", default=["dinov2_vits14"], help="e.g. dinov2_vits14 dinov2_vitb14")
+    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--coreset-ratios", type=float, nargs="+", default=[0.01, 0.05, 0.1])
+    p.add_argument("--runs", type=int, default=3, help="timed passes over the test images; medians are reported")
+    p.add_argument("--images", type=int, default=32, help="test images per pass (evenly spread; 0 = all)")
+    p.add_argument("--train-images", type=int, default=None, help="train images to fit on (default: all)")
+    p.add_argument("--out", required=True, help="output folder (speed.json, speed.md, models/)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="NAME=FILE", help="weights file per backbone")
+    p.add_argument("--random-weights", action="store_true", help="random weights for every backbone (timing only)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                   help="time the test pass with the backbone under torch.compile (on), without (off), or both")
+    p.add_argument("--in-process", action="store_true", help="no subprocesses (peak RSS is then cumulative)")
+    p.add_argument("--quiet", action="store_true")
+    add_model_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args):
+    weights = {}
+    for item in args.weights:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise ValueError(f"--weights takes NAME=FILE, got {item!r}")
+        weights[name] = file
+    config = config_from_args(args)
+    result = run_speed(
+        args.data, args.category, args.out, args.backbones, args.precisions, args.coreset_ratios, args.runs,
+        args.images or None, args.train_images, config, args.device, args.batch_size, args.workers, args.threads,
+        weights, args.random_weights, not args.in_process, args.quiet,
+        {"off": (False,), "on": (True,), "both": (False, True)}[args.compile],
+    )
+    print(markdown(result))
+
