@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..errors import StructcoreError
-from . import benchmark, fit, predict, rescore, speed, weights
+from . import benchmark, fit, predict, report, rescore, speed, weights
 
-COMMANDS = (weights, fit, predict, benchmark, speed, rescore)
+COMMANDS = (weights, fit, predict, benchmark, report, speed, rescore)
 
 
 def build_parser() -> argparse.ArgumentParser:
