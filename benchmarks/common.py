@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from structcore.benchmark import _crop_masks
 from structcore.data import Category
-from structcore.detector import Detector, ScoredMaps
+from structcore.detector import Detector
+from structcore.evaluation.protocol import crop_masks
+from structcore.scoring import ScoredImages
 from structcore.metrics import auroc, pixel_metrics
 
 
 def test_targets(cat: Category, det: Detector) -> tuple[np.ndarray, np.ndarray | None]:
     """Image labels and ground-truth masks in the detector's crop frame (None without masks)."""
-    cfg = det.config
-    return np.array([s.label for s in cat.test]), _crop_masks(cat, cfg.resize, cfg.crop)
+    return np.array([s.label for s in cat.test]), crop_masks(cat, det.config.preprocess)
 
 
-def evaluate(det: Detector, category: str, features: torch.Tensor, labels, masks) -> tuple[ScoredMaps, dict]:
+def evaluate(det: Detector, category: str, features: torch.Tensor, labels, masks) -> tuple[ScoredImages, dict]:
     """Score test ``features`` against ``category``: image AUROC of each score, pixel AUROC and AUPRO."""
     scored = det.score_features(category, features)
     pm = pixel_metrics(masks, scored.maps) if masks is not None else None

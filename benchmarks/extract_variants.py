@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from structcore.vit import VisionTransformer, resolve_blocks
 from structcore.features import SKIP5, FeatureExtractor, fuse_layers, random_projection
-from structcore.speed import get_backbone, matmul_tflops, projection_gflops, vit_gflops
+from structcore.hardware import matmul_tflops, projection_gflops, vit_gflops
+from structcore.speed import get_backbone
 
 
 class FastBF16:

@@ -1,26 +1,33 @@
+"""``run_benchmark`` end to end on the synthetic data set with the tiny ViT: results.json, tables, score and
+map files, the feature cache, the ablations and the ``structcore benchmark`` command."""
+
 import argparse
 import csv
 import json
+import os
+import stat
 import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from structcore import benchmark
 from structcore.cli import benchmark as benchmark_cli
-from structcore.benchmark import Ablations, pick_examples, run_benchmark
-from structcore.data import Category, Sample, load_mvtec
-from structcore.detector import DetectorConfig
+from structcore.data import load_mvtec
+from structcore.detector import Detector, DetectorConfig
+from structcore.evaluation import (
+    DEFAULT_LAMBDAS, Ablations, BenchmarkOptions, Runtime, load_categories, run_benchmark,
+)
+from structcore.evaluation.protocol import FeatureSource, Setup, Timer, fit_category
+from structcore.feature_cache import FeatureCache
 from structcore.weights import WeightsInfo
 
 TINY = DetectorConfig(backbone="tiny", resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
 INFO = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
 ALL = Ablations(
-    components=True, distances=True, lambdas=(0.05, 0.2), layers=True, layer_sets=((-1, -3),), calibration=True,
-    descriptor_on=True,
+    components=True, distances=True, lambdas=(0.05, 0.2), layers=True, layer_sets=((-1, -3), (-1, -2), (-1,)),
+    calibration=True, descriptor_on=True,
 )
 
 
@@ -38,13 +45,13 @@ def counted(tiny_vit, monkeypatch):
     return calls
 
 
-def _run(root, out, cache, tiny_vit, **kw):
-    kw.setdefault("coreset_ratios", [0.25, 0.5])
-    kw.setdefault("write_report", False)
-    kw.setdefault("precision", "fp32")
+def _run(root, out, cache, tiny_vit, coreset_ratios=(0.25, 0.5), ablations=None, precision="fp32"):
     return run_benchmark(
-        load_mvtec(root), out, TINY, progress=False, feature_cache=cache, backbone=(tiny_vit, INFO),
-        num_workers=0, batch_size=4, dataset="mvtec", data_root=root, **kw,
+        load_mvtec(root), out, config=TINY,
+        options=BenchmarkOptions(coreset_ratios=coreset_ratios, ablations=ablations or Ablations(), feature_cache=cache,
+                                 dataset="mvtec", data_root=root, write_report=False),
+        runtime=Runtime(precision=precision, progress=False, num_workers=0, batch_size=4),
+        backbone=(tiny_vit, INFO),
     )
 
 
@@ -61,9 +68,15 @@ def _metric_leaves(obj, path=""):
 
 def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_path):
     out = tmp_path / "run"
-    res = _run(synthetic_mvtec, out, tmp_path / "cache", tiny_vit)
+    old = os.umask(0o027)
+    try:
+        res = _run(synthetic_mvtec, out, tmp_path / "cache", tiny_vit)
+    finally:
+        os.umask(old)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == res
+    for f in [out / "results.json", out / "tables.md", *out.glob("*/*")]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
     assert res["weights"] == {"name": "tiny", "sha256": "0" * 64, "source": "test", "origin": ""}
     assert res["precision"] == "fp32" and res["coreset_ratios"] == [0.25, 0.5] and res["primary"] == "0.25"
     assert list(res["ablations"]) == ["coreset"]  # several ratios: the 1% vs 10% table comes for free
@@ -97,6 +110,8 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
             for name, c in block["categories"].items():
                 assert sum(c["routed_to"].values()) == c["n_test"] == 6
                 assert c["routing_accuracy"] == pytest.approx(c["routed_to"].get(name, 0) / 6)
+    for block in res["results"]["class_separated"].values():
+        assert block["mean"]["routing_accuracy"] is None and "routed_to" not in block["categories"]["widget"]
     leaves = list(_metric_leaves(res["results"]))
     assert leaves and all(v is None or 0.0 <= v <= 1.0 for _, v in leaves)
     # the widget's magenta defects are easy even for a random ViT
@@ -111,7 +126,8 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
         assert rows[1][10:14] == ["", "", "", ""] and rows[2][1] == "100.0"
         assert "| Mean |" in (out / "tables" / f"{stem}.md").read_text()
     assert "Routing acc." in (out / "tables" / "routed_coreset25.md").read_text()
-    assert (out / "tables.md").is_file()
+    md = (out / "tables.md").read_text()
+    assert md.count("### ") == 5 and "### ablation: coreset" in md
 
     # score arrays for the figures: calibration thresholds are the train-good quantiles
     sc = json.loads((out / "scores" / "widget.json").read_text())
@@ -119,20 +135,23 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
         assert sc["thresholds"][s] == pytest.approx(np.quantile(sc["train"][s], 0.995), rel=1e-6)
     test = sc["test"]
     assert len(test["paths"]) == len(test["labels"]) == len(test["defect_types"]) == len(test["base"]) == 6
+    assert len(test["routed_to"]) == len(test["routed"]["hybrid"]) == 6
     assert np.allclose(test["hybrid"], np.array(test["base"]) + sc["lambda"] * np.array(test["struct"]))
     assert set(test["defect_types"]) == {"good", "scratch"} and len(sc["train"]["paths"]) == 8
+    assert sc["thresholds"] == res["results"]["class_separated"]["0.25"]["categories"]["widget"]["thresholds"]
     z = np.load(out / "maps" / "widget.npz")
     assert z["maps"].shape == (6, 56, 56) and z["masks"].shape == (6, 56, 56) and z["images"].shape == (6, 56, 56, 3)
     assert z["masks"][z["labels"] == 1].any(axis=(1, 2)).all() and not z["masks"][z["labels"] == 0].any()
     assert np.allclose(z["base"], z["maps"].reshape(6, -1).max(1)) and z["has_mask"].all()
+    assert np.array_equal(z["hybrid"], np.array(test["hybrid"])[z["indices"]])
     assert not np.load(out / "maps" / "gadget.npz")["has_masks"]
 
 
 def test_second_run_hits_the_cache_and_gives_identical_numbers(synthetic_mvtec, tiny_vit, tmp_path, counted):
-    first = _run(synthetic_mvtec, tmp_path / "a", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
+    first = _run(synthetic_mvtec, tmp_path / "a", tmp_path / "cache", tiny_vit, coreset_ratios=(0.25,))
     assert sum(counted) == 2 * (8 + 6) and first["feature_cache"]["misses"] == 28
     counted.clear()
-    second = _run(synthetic_mvtec, tmp_path / "b", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
+    second = _run(synthetic_mvtec, tmp_path / "b", tmp_path / "cache", tiny_vit, coreset_ratios=(0.25,))
     assert counted == []
     assert second["feature_cache"]["hits"] == 28 and second["feature_cache"]["extractor_calls"] == 0
     assert second["results"] == first["results"]
@@ -141,7 +160,7 @@ def test_second_run_hits_the_cache_and_gives_identical_numbers(synthetic_mvtec, 
     assert a == b
     # without the cache the numbers are the same too
     counted.clear()
-    third = _run(synthetic_mvtec, tmp_path / "c", None, tiny_vit, coreset_ratios=[0.25])
+    third = _run(synthetic_mvtec, tmp_path / "c", None, tiny_vit, coreset_ratios=(0.25,))
     assert sum(counted) == 28 and third["results"] == first["results"]
 
 
@@ -152,20 +171,24 @@ def test_ablations_reuse_maps_and_agree_with_the_main_results(synthetic_mvtec, t
     assert list(ab["components"]["variants"]) == ["std", "topk", "tv", "std+topk", "std+tv", "topk+tv", "std+topk+tv"]
     assert list(ab["distances"]["variants"])[0] == "mahalanobis" and len(ab["distances"]["variants"]) == 7
     assert list(ab["lambda"]["variants"]) == ["auto", "0.05", "0.2"]
-    assert list(ab["layers"]["variants"]) == ["-1", "-2", "-3", "-4", "-1,-3"]  # the tiny ViT has 4 blocks
+    # the tiny ViT has 4 blocks; a chosen set that is a single block already swept is not repeated
+    assert list(ab["layers"]["variants"]) == ["-1", "-2", "-3", "-4", "-1,-3", "-1,-2"]
     assert list(ab["coreset"]["variants"]) == ["0.25", "0.5"]
     assert list(ab["calibration"]["variants"]) == ["in-sample", "leave-one-out", "held-out"]
     assert list(ab["descriptor_on"]["variants"]) == ["map", "grid"]
     main = res["results"]["class_separated"]["0.25"]["categories"]
-    # the default variant of each score-level ablation reproduces the fitted detector exactly
+    # the default variant of each ablation (for layers: the model's own blocks) reproduces the fitted detector exactly
     for name, label in (("components", "std+topk+tv"), ("distances", "mahalanobis"), ("lambda", "auto"),
-                        ("calibration", "in-sample"), ("descriptor_on", "map")):
+                        ("calibration", "in-sample"), ("descriptor_on", "map"), ("layers", "-1,-2")):
         for cat, r in ab[name]["variants"][label]["categories"].items():
             for s in ("base", "struct", "hybrid"):
                 assert r[s] == main[cat]["image"][s], (name, cat, s)
     for cat in main:
         assert ab["lambda"]["variants"]["0.05"]["categories"][cat]["lambda"] == 0.05
         assert ab["lambda"]["variants"]["auto"]["categories"][cat]["lambda"] == pytest.approx(main[cat]["lambda"])
+        assert "lambda" not in ab["components"]["variants"]["std"]["categories"][cat]
+    assert ab["coreset"]["variants"]["0.5"]["categories"]["widget"]["bank_size"] == \
+        res["results"]["class_separated"]["0.5"]["categories"]["widget"]["bank_size"]
     assert all(v is None or 0 <= v <= 1 for _, v in _metric_leaves(ab))
     for name in ab:
         assert (tmp_path / "run" / "tables" / f"ablation_{name}.md").is_file()
@@ -173,78 +196,87 @@ def test_ablations_reuse_maps_and_agree_with_the_main_results(synthetic_mvtec, t
     assert rows[0][:3] == ["Category", "Base", "{sigma_S}"] and rows[-1][0] == "Mean"
 
 
-def test_pick_examples_mixes_good_and_defect_types(tmp_path):
-    test = [Sample(tmp_path / f"g{i}.png", 0, "good") for i in range(10)]
-    test += [Sample(tmp_path / f"a{i}.png", 1, "crack") for i in range(5)]
-    test += [Sample(tmp_path / f"b{i}.png", 1, "hole") for i in range(1)]
-    cat = Category("c", [], test)
-    chosen = pick_examples(cat, 8)
-    assert chosen == pick_examples(cat, 8) and len(chosen) == 8
-    defects = [test[i].defect for i in chosen]
-    assert defects.count("good") == 2 and "hole" in defects and defects.count("crack") == 5
-    only_good = Category("c", [], test[:3])
-    assert pick_examples(only_good, 8) == [0, 1, 2]
+@pytest.mark.parametrize("mode", ["in-sample", "leave-one-out", "held-out"])
+def test_calibration_ablation_rescoring_reproduces_the_fit(synthetic_mvtec, tiny_vit, mode):
+    """The calibration ablation scores the train images again; for the model's own mode that is the fit's record."""
+    (cat,) = load_mvtec(synthetic_mvtec, ["widget"])
+    cfg = replace(TINY, calibration=mode)
+    kwargs = dict(precision="fp32", progress=False, batch_size=4, num_workers=0)
+    timer = Timer()
+    features = FeatureSource(tiny_vit, INFO.sha256, cfg, FeatureCache(None), timer, precision="fp32",
+                             fit_precision="fp32", device=Detector(cfg, **kwargs).device, batch_size=4, num_workers=0,
+                             progress=False, compile=False)
+    setup = Setup({"0.25": Detector(cfg, **kwargs)}, features, timer, lambda c: Detector(c, **kwargs),
+                  calibration_ablation=True)
+    fitted = fit_category(setup, cat)
+    record = fitted.calibration
+    assert len(record.ids) == (2 if mode == "held-out" else 8)
+    assert (fitted.reference is setup.detectors["0.25"]) == (mode != "held-out")
+    assert fitted.held_out.config.calibration == "held-out"
+    rescored = {"in-sample": fitted.in_sample, "leave-one-out": fitted.leave_one_out}.get(mode)
+    if rescored is not None:
+        assert np.array_equal(rescored.base, record.base) and np.array_equal(rescored.phi_map, record.phi_map)
+        assert np.array_equal(rescored.phi_grid, record.phi_grid)
+    assert not np.array_equal(fitted.in_sample.base, fitted.leave_one_out.base)  # own patches excluded: higher
+    assert (fitted.leave_one_out.base >= fitted.in_sample.base).all()
 
 
-def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch):
+def test_load_categories(synthetic_mvtec, tmp_path):
+    assert [c.name for c in load_categories("mvtec", root=synthetic_mvtec, categories=["widget"])] == ["widget"]
+    (folder,) = load_categories("folder", good=synthetic_mvtec / "widget" / "train" / "good",
+                                defective=[synthetic_mvtec / "widget" / "test" / "scratch"], name="w")
+    assert folder.name == "w" and len(folder.train) == 8 and len(folder.test) == 3
+    with pytest.raises(ValueError, match="--good"):
+        load_categories("folder")
+    with pytest.raises(ValueError, match="--data ROOT"):
+        load_categories("visa")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_categories("mvtec-ad", root=synthetic_mvtec)
+
+
+def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch, capsys):
+    import structcore.report
+
     written = []
-    fake_report = types.ModuleType("structcore.report")
-    fake_report.write_report = lambda out: written.append(out) or out / "report.html"
-    monkeypatch.setitem(sys.modules, "structcore.report", fake_report)
+    monkeypatch.setattr(structcore.report, "write_report", lambda out: written.append(out) or out / "report.html")
     parser = argparse.ArgumentParser()
     benchmark_cli.register(parser.add_subparsers(dest="command"))
     base = ["benchmark", "--data", str(synthetic_mvtec), "--out", str(tmp_path / "o")]
     args = parser.parse_args([*base, "--layer-sets", "-1,-3,-6,-9,-12", "-4", "--ablate-lambda"])
     assert args.layer_sets == [(-1, -3, -6, -9, -12), (-4,)]
     ab = benchmark_cli.ablations_from_args(args)
-    assert ab.lambdas == benchmark.DEFAULT_LAMBDAS and not ab.components and ab.layer_sets == ((-1, -3, -6, -9, -12), (-4,))
+    assert ab.lambdas == DEFAULT_LAMBDAS and not ab.components and ab.layer_sets == ((-1, -3, -6, -9, -12), (-4,))
     ab = benchmark_cli.ablations_from_args(parser.parse_args([*base, "--ablate-all"]))
     assert ab.components and ab.distances and ab.layers and ab.calibration and ab.descriptor_on and ab.lambdas
+    assert benchmark_cli.ablations_from_args(parser.parse_args([*base, "--ablate-lambda", "0.3"])).lambdas == (0.3,)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--layer-sets", "-1,x"])
     args = parser.parse_args([
         *base, "--categories", "widget", "--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
         "--projection-dim", "16", "--coreset-ratios", "0.25", "--feature-cache", str(tmp_path / "cache"),
-        "--precision", "fp32", "--quiet", "--ablate-components", "--layer-sets=-1,-2",
+        "--precision", "fp32", "--quiet", "--ablate-components", "--layer-sets=-1,-2", "--k", "3",
     ])
     args.func(args)
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["category_names"] == ["widget"] and list(res["ablations"]) == ["components", "layers", "coreset"]
     assert list(res["ablations"]["layers"]["variants"]) == ["-1,-2"]
-    assert res["feature_cache"]["folder"] == str(tmp_path / "cache")
+    assert res["feature_cache"]["folder"] == str(tmp_path / "cache") and res["config"]["k"] == 3
     assert written == [tmp_path / "o"]
+    assert "StructCore benchmark, coreset 0.25" in capsys.readouterr().out
 
 
 def test_train_images_in_fit_precision_test_images_in_precision(synthetic_mvtec, tiny_vit, tiny_backbone, tmp_path):
-    from structcore.detector import Detector
-
-    res = _run(synthetic_mvtec, tmp_path / "run", tmp_path / "cache", tiny_vit, precision="bf16", coreset_ratios=[0.25])
+    res = _run(synthetic_mvtec, tmp_path / "run", tmp_path / "cache", tiny_vit, precision="bf16", coreset_ratios=(0.25,))
     assert (res["precision"], res["fit_precision"]) == ("bf16", "fp32")
     det = Detector(TINY, precision="bf16", fit_precision="fp32", progress=False, batch_size=4)
     det.fit("widget", sorted((synthetic_mvtec / "widget" / "train" / "good").glob("*.png")))
     scores = json.loads((tmp_path / "run" / "scores" / "widget.json").read_text())
     expected = det.predict([Path(p) for p in scores["test"]["paths"]], "widget")
     assert np.allclose(scores["test"]["hybrid"], [p.scores["hybrid"] for p in expected], rtol=1e-5)
-    _run(synthetic_mvtec, tmp_path / "run32", tmp_path / "cache", tiny_vit, coreset_ratios=[0.25])
+    _run(synthetic_mvtec, tmp_path / "run32", tmp_path / "cache", tiny_vit, coreset_ratios=(0.25,))
     scores32 = json.loads((tmp_path / "run32" / "scores" / "widget.json").read_text())
     assert scores32["train"]["hybrid"] == scores["train"]["hybrid"]  # same fp32 fit
     assert not np.allclose(scores32["test"]["hybrid"], scores["test"]["hybrid"], rtol=1e-5)  # bf16 test features
-
-
-def test_calibration_maps_reproduce_the_fit_in_any_chunking(synthetic_mvtec, tiny_backbone):
-    from structcore.detector import Detector
-
-    for mode in ("in-sample", "leave-one-out", "held-out"):
-        det = Detector(replace(TINY, calibration=mode), precision="fp32", progress=False)
-        paths = sorted((synthetic_mvtec / "widget" / "train" / "good").glob("*.png"))
-        feats = det.extract(paths)
-        det.fit_features("widget", feats, [str(p) for p in paths])
-        whole = benchmark.calibration_maps(det, "widget", feats)
-        parts = benchmark.calibration_maps(det, "widget", feats, chunk=3)
-        assert np.array_equal(whole.ids, parts.ids) and np.allclose(whole.phi_map, parts.phi_map)
-        assert len(whole.ids) == (2 if mode == "held-out" else 8)
-        thresholds = det.categories_["widget"].calibration.thresholds
-        for s in ("base", "struct", "hybrid"):
-            assert np.allclose(whole.scores[s], parts.scores[s])
-            assert thresholds[s] == pytest.approx(np.quantile(whole.scores[s], 0.995), rel=1e-6)
 
 
 def test_a_second_benchmark_into_the_same_out_waits_or_fails_naming_the_holder(synthetic_mvtec, tmp_path, capsys):

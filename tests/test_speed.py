@@ -4,12 +4,11 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from structcore import speed
 from structcore.features import cpu_has_bf16_matmul
 from structcore.cli import speed as speed_cli
-from structcore.vit import CONFIGS, ViTConfig
+from structcore.config import DetectorConfig
 from structcore.weights import WeightsInfo
 
 ROW_KEYS = {
@@ -23,22 +22,6 @@ FIT_KEYS = {"backbone", "weights", "precision", "train_images", "train_patches",
             "peak_rss_mb"}
 
 
-def test_vit_gflops_matches_the_spec():
-    # spec.md: about 44 GFLOP per image for ViT-S/14 at 392 px, about 156 for ViT-B/14
-    blocks = (-1, -3, -6, -9, -12)
-    assert speed.vit_gflops(CONFIGS["dinov2_vits14"], 392, blocks) == pytest.approx(45.05, abs=0.05)
-    assert speed.vit_gflops(CONFIGS["dinov2_vitb14"], 392, blocks) == pytest.approx(156.8, abs=0.1)
-    # only the blocks up to the deepest one asked for run
-    cfg = ViTConfig(embed_dim=48, depth=4, num_heads=3)
-    assert speed.vit_gflops(cfg, 56, (0,)) < speed.vit_gflops(cfg, 56, (-1,))
-    assert speed.projection_gflops(CONFIGS["dinov2_vits14"], 392, 5, 512) == pytest.approx(1.541, abs=1e-3)
-    assert speed.projection_gflops(CONFIGS["dinov2_vits14"], 392, 5, None) == 0.0
-
-
-def test_matmul_rate_is_positive():
-    assert speed.matmul_tflops(torch.float32, "cpu", size=128, repeats=2) > 0
-
-
 def test_speed_command_in_process(synthetic_mvtec, tiny_vit, tmp_path, monkeypatch, capsys):
     info = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
     monkeypatch.setattr(speed, "get_backbone", lambda name, weights=None, random_weights=False: (tiny_vit, info, "tiny"))
@@ -46,15 +29,20 @@ def test_speed_command_in_process(synthetic_mvtec, tiny_vit, tmp_path, monkeypat
     speed_cli.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "speed"
     args = parser.parse_args([
-        "speed", "--data", str(synthetic_mvtec), "--category", "widget", "--backbones", "dinov2_vits14",
+        "speed", "--data", str(synthetic_mvtec), "--category", "widget", "--backbone", "dinov2_vits14",
         "--precisions", "fp32", "bf16", "--coreset-ratios", "0.25", "0.5", "--runs", "2", "--images", "4",
-        "--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--batch-size", "2", "--workers", "1", "--in-process", "--quiet",
-        "--out", str(out),
+        "--resize", "64", "--crop", "56", "--blocks", "-1", "-2", "--projection-dim", "16", "--batch-size", "2",
+        "--workers", "1", "--in-process", "--quiet", "--k", "3", "--sigma", "2", "--out", str(out),
     ])
     args.func(args)
+    with pytest.raises(ValueError, match="--coreset-size"):
+        speed_cli.run(argparse.Namespace(**{**vars(args), "coreset_size": 10}))
     printed = capsys.readouterr().out
     result = json.loads((out / "speed.json").read_text())
     assert result["schema"] == speed.SCHEMA and result["category"] == "widget"
+    assert (result["settings"]["k"], result["settings"]["sigma"], result["settings"]["blocks"]) == (3, 2.0, [-1, -2])
+    model = json.loads((out / "models" / "dinov2_vits14_fp32" / "0.25" / "manifest.json").read_text())
+    assert (model["config"]["k"], model["config"]["sigma"]) == (3, 2.0)
     assert set(result["matmul_tflops"]) == ({"fp32", "bf16"} if cpu_has_bf16_matmul() else {"fp32"})
     assert len(result["rows"]) == 4 and len(result["fit"]) == 2
     for row in result["rows"]:
@@ -77,7 +65,7 @@ def test_speed_in_subprocesses(synthetic_mvtec, tmp_path):
     result = speed.run_speed(
         synthetic_mvtec, "widget", tmp_path / "speed", backbones=("dinov2_vits14",), precisions=("fp32",),
         coreset_ratios=(0.5,), runs=1, images=2,
-        config=speed.DetectorConfig(resize=32, crop=28, projection_dim=16), batch_size=2, workers=1,
+        config=DetectorConfig(resize=32, crop=28, projection_dim=16), batch_size=2, workers=1,
         random_weights=True, quiet=True,
     )
     (row,) = result["rows"]

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError, NotFittedError
-from .files import atomic_write_json, atomic_write_text
+from .evaluation.artifacts import write_scores
+from .evaluation.schema import ScoreFile
+from .files import atomic_write_text
 from .maps import POOLINGS, pool
 from .scoring import SCORES
 from .structure import COMPONENTS, DISTANCES, StructCalibration, descriptor
@@ -138,28 +140,23 @@ def rescore_folders(train_dir: str | Path, test_dir: str | Path, out: str | Path
         decisions = ",".join("reject" if scores[s][i] > thresholds[s] else "accept" for s in SCORES)
         lines.append(f"{p.relative_to(test_dir)},{label},{values},{decisions}")
     atomic_write_text(out / "rescored.csv", "\n".join(lines) + "\n")
-    doc = {
-        "category": name,
-        "quantile": scorer.quantile,
-        "lambda": scorer.calibration_.lam,
-        "thresholds": thresholds,
-        "train": {"paths": [str(p) for p in train.paths], **{s: v.tolist() for s, v in scorer.train_scores_.items()}},
-        "test": {"paths": [str(p) for p in test.paths], "defect_types": test.defect_types,
-                 **{s: np.asarray(v, np.float64).tolist() for s, v in scores.items()}},
-    }
-    summary = {"n_train": len(train.paths), "n_test": len(test.paths), "lambda": doc["lambda"], "thresholds": thresholds,
+    scored = ScoreFile(
+        category=name, coreset_ratio=None, calibration="in-sample", quantile=scorer.quantile,
+        lam=scorer.calibration_.lam, thresholds=thresholds, train_paths=[str(p) for p in train.paths],
+        train=scorer.train_scores_, paths=[str(p) for p in test.paths], labels=test.labels,
+        defect_types=test.defect_types, test={s: np.asarray(v, np.float64) for s, v in scores.items()},
+    )
+    summary = {"n_train": len(train.paths), "n_test": len(test.paths), "lambda": scored.lam, "thresholds": thresholds,
                "rejected": {s: int((scores[s] > thresholds[s]).sum()) for s in SCORES}, "figure": None}
-    if test.labels is not None:
-        doc["test"]["labels"] = test.labels.tolist()
-        if 0 < test.labels.sum() < len(test.labels):
-            from .metrics import auroc
+    if test.labels is not None and 0 < test.labels.sum() < len(test.labels):
+        from .metrics import auroc
 
-            summary["auroc"] = {s: auroc(test.labels, scores[s]) for s in SCORES}
-    atomic_write_json(out / "scores" / f"{name}.json", doc)
+        summary["auroc"] = {s: auroc(test.labels, scores[s]) for s in SCORES}
+    write_scores(out, scored)
     if test.labels is not None:
-        from .report import figure_base_vs_hybrid
+        from .report.figures import figure_base_vs_hybrid
 
         figure = out / f"figure2_{name}.png"
-        summary["crossover"] = figure_base_vs_hybrid(out / "scores" / f"{name}.json", figure).as_dict()
+        summary["crossover"] = figure_base_vs_hybrid(scored, figure).as_dict()
         summary["figure"] = str(figure)
     return summary

@@ -30,11 +30,8 @@ Writes ``DIR/speed.json`` and ``DIR/speed.md`` (also printed).
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -45,107 +42,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .vit import CONFIGS, ViTConfig, build_vit
-from .data import iter_batches, load_mvtec
-from .errors import DataError, WeightsError
-from .images import load_image
 from .config import DetectorConfig
+from .data import iter_batches, load_mvtec
 from .detector import Detector
+from .errors import DataError, WeightsError
+from .evaluation.tables import Table
+from .features import cpu_has_bf16_matmul, resolve_precision
+from .files import atomic_write_json, atomic_write_text
+from .hardware import machine_info, matmul_tflops, peak_rss_mb, projection_gflops, sync, vit_gflops
+from .images import load_image
 from .scoring import ScoringPipeline
-from .features import cpu_bf16_flags, cpu_has_bf16_matmul, resolve_precision
+from .vit import CONFIGS, build_vit
 from .weights import WeightsInfo, load_backbone
 
 SCHEMA = 1
 RANDOM_LABEL = "random init (timing only)"
 COMPUTE_BOUND_WAIT = 0.05
-
-
-# -- arithmetic -----------------------------------------------------------------------------------
-def vit_gflops(cfg: ViTConfig, crop: int, blocks: tuple[int, ...] | list[int]) -> float:
-    """Matmul GFLOP per image of a ViT forward up to the deepest of ``blocks`` (multiply-add = 2 FLOP).
-
-    Counts the patch embedding, each block's qkv / output projection / MLP (or SwiGLU) and the
-    attention products QK^T and AV; norms, softmax and activations are not counted.
-    """
-    p = cfg.patch_size
-    patches = (crop // p) ** 2
-    n = 1 + cfg.num_registers + patches
-    d = cfg.embed_dim
-    depth = max(b % cfg.depth for b in blocks) + 1
-    if cfg.swiglu:
-        hidden = (int(cfg.embed_dim * cfg.mlp_ratio * 2 / 3) + 7) // 8 * 8
-        mlp = 2 * n * d * 2 * hidden + 2 * n * hidden * d
-    else:
-        hidden = int(d * cfg.mlp_ratio)
-        mlp = 2 * n * d * hidden * 2
-    block = 2 * n * d * 3 * d + 2 * n * d * d + mlp + 2 * (2 * n * n * d)
-    embed = 2 * patches * d * 3 * p * p
-    return (embed + depth * block) / 1e9
-
-
-def projection_gflops(cfg: ViTConfig, crop: int, n_blocks: int, out_dim: int | None) -> float:
-    """GFLOP per image of the fp32 random projection of the fused features (0 without projection)."""
-    if not out_dim:
-        return 0.0
-    patches = (crop // cfg.patch_size) ** 2
-    return 2 * patches * cfg.embed_dim * n_blocks * out_dim / 1e9
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_tflops(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """Measured dense matmul rate (TFLOP/s, median of ``repeats``) for square ``size`` matrices."""
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(device, dtype)
-    b = torch.randn(size, size, generator=gen).to(device, dtype)
-    inner = 1 if device.type == "cpu" else 20
-    with torch.inference_mode():
-        for _ in range(2):
-            a @ b
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for _ in range(inner):
-                a @ b
-            _sync(device)
-            times.append((time.perf_counter() - t) / inner)
-    return 2 * size**3 / statistics.median(times) / 1e12
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "bf16_cpu_flags": list(cpu_bf16_flags()),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "device": str(device),
-        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # -- backbones ------------------------------------------------------------------------------------
@@ -264,7 +176,7 @@ def test_job(spec: dict) -> dict:
             t1 = time.perf_counter()
             t_wait += t1 - t
             feats = extractor(images)
-            _sync(device)
+            sync(device)
             feats = feats.cpu()
             t2 = time.perf_counter()
             pipeline.run(bank, feats, calibration)
@@ -295,7 +207,7 @@ def test_job(spec: dict) -> dict:
         for images in ready:
             t = time.perf_counter()
             feats = extractor(images)
-            _sync(device)
+            sync(device)
             feats.cpu()
             total += time.perf_counter() - t
         return 1000 * total / len(paths)
@@ -396,6 +308,7 @@ def run_speed(
     data: str | Path,
     category: str,
     out: str | Path,
+    *,
     backbones=("dinov2_vits14",),
     precisions=("bf16",),
     coreset_ratios=(0.01, 0.05, 0.1),
@@ -472,19 +385,12 @@ def run_speed(
         "fit": fits,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (out / "speed.md").write_text(md)
+    atomic_write_json(out / "speed.json", result)
+    atomic_write_text(out / "speed.md", markdown(result))
     return result
 
 
 # -- output -------------------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def markdown(result: dict) -> str:
     """The Table 4 layout (plus floors and fit times) as Markdown."""
     m, s = result["machine"], result["settings"]
@@ -525,15 +431,9 @@ def markdown(result: dict) -> str:
         "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate, with the best "
         "of the rates measured in the same process before the first and after every timed pass.",
         "",
-        _table(header, rows),
-        "",
-        f"## Fit ({result['fit'][0]['train_images'] if result['fit'] else 0} train images)",
-        "",
-        _table(["backbone", "weights", "precision", "coreset", "bank", "train extract (ms/img)", "coreset (s)",
-                "fit total (s)", "fit peak RSS (MB)"], fit_rows),
-        "",
+        Table("Per test image", header, rows).to_markdown(),
+        Table(f"Fit ({result['fit'][0]['train_images'] if result['fit'] else 0} train images)",
+              ["backbone", "weights", "precision", "coreset", "bank", "train extract (ms/img)", "coreset (s)",
+               "fit total (s)", "fit peak RSS (MB)"], fit_rows).to_markdown(),
     ]
     return "\n".join(text)
-
-
-# -- command line -------------------------------------------------------------------------------------

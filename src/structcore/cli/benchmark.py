@@ -6,7 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from ..benchmark import DEFAULT_LAMBDAS, Ablations, load_categories, run_benchmark
+from .. import evaluation
+from ..evaluation import DEFAULT_LAMBDAS, Ablations, BenchmarkOptions, Runtime, load_categories, run_benchmark
 from ..files import check_writable_folder, exclusive
 from .options import add_lock_option, add_model_options, add_runtime_options, config_from_args, runtime_from_args
 
@@ -23,19 +24,17 @@ def parse_layer_set(text: str) -> tuple[int, ...]:
     return blocks
 
 
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
         "benchmark",
         help="evaluate on MVTec AD / VisA / folders: paper tables, ablations, scores for figures",
-        description="the paper's evaluation (Tables 2-3, 5-12) on MVTec AD, VisA or plain folders",
+        description=evaluation.__doc__.split("\n\n")[0],
     )
     # block lists such as "-1,-3,-6" must read as values, not as options
     p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+([,\s]+-?\d+)+$")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="dataset root (MVTec AD or VisA layout)")
-    g.add_argument("--dataset", choices=["mvtec", "visa", "folder"], default="mvtec")
+    g.add_argument("--dataset", choices=evaluation.DATASETS, default="mvtec")
     g.add_argument("--categories", nargs="+", help="categories (default: all under --data)")
     g.add_argument("--split-csv", help="VisA split file (default ROOT/split_csv/1cls.csv)")
     g.add_argument("--good", help="folder dataset: good training images")
@@ -86,17 +85,20 @@ def ablations_from_args(args) -> Ablations:
 
 
 def run(args):
-    config = config_from_args(args)
-    rt = runtime_from_args(args)
-    cats = load_categories(args.dataset, args.data, args.categories, args.split_csv, args.good, args.defective,
-                           args.test_good, args.masks, args.name)
-    cache = None if args.no_feature_cache else Path(args.feature_cache) if args.feature_cache else "default"
+    categories = load_categories(
+        args.dataset, root=args.data, categories=args.categories, split_csv=args.split_csv, good=args.good,
+        defective=args.defective, test_good=args.test_good, masks=args.masks, name=args.name,
+    )
+    options = BenchmarkOptions(
+        coreset_ratios=tuple(args.coreset_ratios or ()),
+        ablations=ablations_from_args(args),
+        feature_cache=None if args.no_feature_cache else Path(args.feature_cache) if args.feature_cache else "default",
+        max_maps=args.max_maps,
+        dataset=args.dataset,
+        data_root=args.data,
+        write_report=not args.no_report,
+    )
     check_writable_folder(args.out, "--out")
     with exclusive(args.out, timeout=args.lock_timeout, log=print):  # one benchmark per --out at a time
-        run_benchmark(
-            cats, Path(args.out), config, args.coreset_ratios, ablations=ablations_from_args(args), feature_cache=cache,
-            dataset=args.dataset, data_root=args.data, weights=rt["weights"], precision=rt["precision"],
-            device=rt["device"], batch_size=rt["batch_size"], num_workers=rt["num_workers"], progress=rt["progress"],
-            max_maps=args.max_maps, write_report=not args.no_report, compile=rt["compile"],
-            fit_precision=rt["fit_precision"],
-        )
+        run_benchmark(categories, Path(args.out), config=config_from_args(args), options=options,
+                      runtime=Runtime(**runtime_from_args(args)))

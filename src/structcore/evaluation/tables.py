@@ -1,0 +1,189 @@
+"""One table model, rendered to Markdown, CSV and HTML, and the paper-layout tables of a results.json.
+
+:func:`benchmark_tables` builds the tables once from ``results.json``'s content; the benchmark writes
+them to ``tables/<stem>.md|csv`` and ``tables.md``, the report puts the same tables in ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+
+from .schema import IMAGE_KEYS, PIXEL_KEYS, SCORES, SETTINGS
+
+COMPONENT_NAMES = {"std": "sigma_S", "topk": "top1%", "tv": "TV"}
+FIRST_COLUMN = {"components": "phi(S)", "distances": "Distance", "lambda": "lambda", "layers": "Blocks",
+                "calibration": "Calibration", "descriptor_on": "phi on"}
+MISSING_MD = "–"
+
+
+@dataclass
+class Table:
+    """A titled grid of text cells; ``""`` is a missing value. The first column labels the rows.
+
+    ``summary_rows``: how many last rows summarise the others (a mean); ``classes``: an HTML class for
+    some cells by (row, column), e.g. ``"best"`` (bold). Both only change the HTML.
+    """
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    summary_rows: int = 0
+    classes: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for row in self.rows:
+            if len(row) != len(self.header):
+                raise ValueError(f"table {self.title!r}: a row has {len(row)} cells for {len(self.header)} columns")
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "| " + " | ".join(["---"] * len(self.header)) + " |"]
+        lines += ["| " + " | ".join(c if c != "" else MISSING_MD for c in r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        return buf.getvalue()
+
+    def to_html(self) -> str:
+        e = html.escape
+        out = [f"<table><caption>{e(self.title)}</caption><thead><tr>"]
+        out += [f"<th>{e(h)}</th>" for h in self.header]
+        out.append("</tr></thead><tbody>")
+        first_summary = len(self.rows) - self.summary_rows
+        for i, row in enumerate(self.rows):
+            out.append('<tr class="mean">' if i >= first_summary else "<tr>")
+            for j, cell in enumerate(row):
+                tag = "th" if j == 0 else "td"
+                cls = self.classes.get((i, j))
+                attr = f' class="{cls}"' if cls else ""
+                out.append(f"<{tag}{attr}>{e(cell) if cell != '' else '&ndash;'}</{tag}>")
+            out.append("</tr>")
+        out.append("</tbody></table>")
+        return "".join(out)
+
+
+def percent(v: float | None, digits: int = 1) -> str:
+    """A fraction as percent text; ``""`` for a missing value."""
+    return "" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _best(table_rows: list[list[str]], columns: list[int], rows: range | None = None) -> dict[tuple[int, int], str]:
+    """``"best"`` for the cells holding the largest number of ``columns``, per row (``rows=None``) or
+    over ``rows`` per column."""
+    def mark(cells: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        values = {c: float(table_rows[c[0]][c[1]]) for c in cells if table_rows[c[0]][c[1]] != ""}
+        top = max(values.values(), default=None)
+        return {c: "best" for c, v in values.items() if v == top}
+
+    out: dict[tuple[int, int], str] = {}
+    if rows is None:
+        for i in range(len(table_rows)):
+            out.update(mark([(i, j) for j in columns]))
+    else:
+        for j in columns:
+            out.update(mark([(i, j) for i in rows]))
+    return out
+
+
+def ratio_stem(key: str) -> str:
+    """File-name part of a coreset key: ``"0.01"`` -> ``coreset1``, ``"size500"`` stays."""
+    return key if key.startswith("size") else f"coreset{float(key) * 100:g}"
+
+
+def components_label(label: str) -> str:
+    """``"std+topk"`` -> ``{sigma_S, top1%}``."""
+    return "{" + ", ".join(COMPONENT_NAMES[c] for c in label.split("+")) + "}"
+
+
+# -- the paper's tables ---------------------------------------------------------------------------
+def main_table(setting: str, key: str, block: dict) -> Table:
+    """Paper Tables 8-11: base / struct / hybrid (AUROC, AP, F1-max), then pixel metrics once."""
+    routed = setting == "routed"
+    header = ["Category"]
+    for title in ("Base", "Struct", "Hybrid"):
+        header += [f"{title} AUROC", f"{title} AP", f"{title} F1-max"]
+    header += ["P-AUROC", "P-AP", "P-F1-max", "AUPRO"]
+    if routed:
+        header.append("Routing acc.")
+    rows = []
+    for name, r in [*block["categories"].items(), ("Mean", block["mean"])]:
+        row = [name]
+        for s in SCORES:
+            row += [percent(r["image"][s][k]) for k in IMAGE_KEYS]
+        px = r["pixel"]
+        row += [percent(px[k]) if px else "" for k in PIXEL_KEYS]
+        if routed:
+            row.append(percent(r.get("routing_accuracy")))
+        rows.append(row)
+    title = f"{setting.replace('_', '-')}, coreset {key} (%; image: base/struct/hybrid, pixel once)"
+    auroc_columns = [1 + 3 * i for i in range(len(SCORES))]
+    return Table(title, header, rows, summary_rows=1, classes=_best(rows, auroc_columns))
+
+
+def ablation_table(name: str, ab: dict, categories: list[str]) -> Table:
+    """Rows = variants; columns = hybrid I-AUROC per category, then means (percent, 2 decimals)."""
+    title = f"ablation: {name} - {ab['description']} (%)"
+    if name == "coreset":
+        header = ["Coreset", *[f"{c} bank" for c in categories], "Base AUROC", "Struct AUROC", "Hybrid AUROC",
+                  "P-AUROC", "AUPRO", "Fit s"]
+        rows = []
+        for key, v in ab["variants"].items():
+            m = v["mean"]
+            rows.append([key, *[str(v["categories"].get(c, {}).get("bank_size", "")) for c in categories],
+                         percent(m["base"]["auroc"], 2), percent(m["struct"]["auroc"], 2),
+                         percent(m["hybrid"]["auroc"], 2),
+                         percent(m["pixel"]["auroc"], 2) if m["pixel"] else "",
+                         percent(m["pixel"]["aupro"], 2) if m["pixel"] else "",
+                         f"{m['fit_s']:.1f}" if m.get("fit_s") is not None else ""])
+        return Table(title, header, rows, classes=_best(rows, [len(categories) + 3], range(len(rows))))
+    header = [FIRST_COLUMN.get(name, "Variant"), *categories, "Mean hybrid", "Std", "Mean struct", "Mean base"]
+    if name == "components":
+        header.append("Delta")
+    rows = []
+    for label, v in ab["variants"].items():
+        cats, m = v["categories"], v["mean"]
+        row = [components_label(label) if name == "components" else label,
+               *[percent(cats.get(c, {}).get("hybrid", {}).get("auroc"), 2) for c in categories],
+               percent(m["hybrid"]["auroc"], 2), percent(m.get("hybrid_auroc_std"), 2),
+               percent(m["struct"]["auroc"], 2), percent(m["base"]["auroc"], 2)]
+        if name == "components":
+            hb = m["hybrid"]["auroc"], m["base"]["auroc"]
+            row.append("" if None in hb else f"{100 * (hb[0] - hb[1]):+.2f}")
+        rows.append(row)
+    return Table(title, header, rows, classes=_best(rows, [len(categories) + 1], range(len(rows))))
+
+
+def components_per_category(ab: dict, categories: list[str]) -> Table:
+    """Paper Table 7: hybrid I-AUROC of every component subset, per category."""
+    labels = list(ab["variants"])
+    header = ["Category", "Base", *[components_label(lab) for lab in labels]]
+    rows = []
+    for c in [*categories, "Mean"]:
+        def pick(v, c=c):
+            return v["mean"] if c == "Mean" else v["categories"].get(c, {})
+
+        first = pick(ab["variants"][labels[0]])
+        rows.append([c, percent(first.get("base", {}).get("auroc"), 2),
+                     *[percent(pick(ab["variants"][lab]).get("hybrid", {}).get("auroc"), 2) for lab in labels]])
+    return Table("ablation: components per category (hybrid I-AUROC, %; paper Table 7)", header, rows,
+                 summary_rows=1, classes=_best(rows, list(range(1, len(header)))))
+
+
+def benchmark_tables(results: dict) -> dict[str, Table]:
+    """Every table of a results.json by file stem, in the order of ``tables.md``."""
+    tables: dict[str, Table] = {}
+    for setting in SETTINGS:
+        for key, block in results["results"][setting].items():
+            tables[f"{setting}_{ratio_stem(key)}"] = main_table(setting, key, block)
+    for name, ab in results["ablations"].items():
+        tables[f"ablation_{name}"] = ablation_table(name, ab, results["category_names"])
+        if name == "components":
+            tables["ablation_components_per_category"] = components_per_category(ab, results["category_names"])
+    return tables
