@@ -5,6 +5,8 @@ gives: a wrong layer, a missing normalisation, a shuffled map or a wrong mask al
 these numbers to chance level.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,16 @@ def test_same_data_and_seed_give_identical_scores(categories, bottle_detector, t
     refit = Detector(DetectorConfig(), progress=False)
     refit.fit("bottle", categories["bottle"].train)
     assert torch.equal(refit.categories_["bottle"].bank, bottle_detector.categories_["bottle"].bank)
+
+
+@pytest.mark.real
+def test_the_readme_python_example_runs(mvtec_root, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Python API\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it writes models/bottle
+    exec(compile(code.replace('"../shared/data/mvtec_ad', f'"{mvtec_root}'), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("reject")  # the broken bottle, given as an array
+    assert "unknown category 'nut'" in out[2]
+    assert sum(" accept " in line or " reject " in line for line in out[3:-1]) == 20  # the 20 good test images
+    assert out[-1].endswith(" of 40 rejected")  # the StructCore scorer over the toy detector's maps
