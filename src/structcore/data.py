@@ -379,23 +379,23 @@ def iter_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    paths = list(images)
+    images = list(images)
 
     def work(i: int) -> torch.Tensor:
-        return transform(as_image(paths[i], source_name(paths[i], first_index + i)))
+        return transform(as_image(images[i], source_name(images[i], first_index + i)))
 
     def stack(idx: list[int], items: list[torch.Tensor]) -> torch.Tensor:
         shape = items[0].shape
         for i, t in zip(idx, items):
             if t.shape != shape:
                 raise ValueError(
-                    f"{source_name(paths[i], first_index + i)}: transform gave shape {tuple(t.shape)}, but "
-                    f"{source_name(paths[idx[0]], first_index + idx[0])} gave {tuple(shape)}; "
+                    f"{source_name(images[i], first_index + i)}: transform gave shape {tuple(t.shape)}, but "
+                    f"{source_name(images[idx[0]], first_index + idx[0])} gave {tuple(shape)}; "
                     "the transform must give one size for all images"
                 )
         return torch.stack(items)
 
-    n = len(paths)
+    n = len(images)
     if num_workers <= 0:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(start + batch_size, n)))
