@@ -179,7 +179,8 @@ def render(results: dict, out_dir: Path, scores: list[ScoreFile], figures: Figur
     if scores:
         out.append("<h2>Where StructCore changes the decision (Figure 2)</h2>")
         out.append(f'<p class="note">Class-separated test images. x: S<sub>base</sub> = max(S); y: S<sub>hyb</sub>. '
-                   f"Thresholds are the {100 * scores[0].quantile:g}% quantiles of the train-good calibration scores; "
+                   f"Thresholds: the order statistic of the train-good {scores[0].threshold_calibration} scores for a "
+                   f"false-reject rate of {scores[0].false_reject_rate:g}; "
                    "an image is rejected (called anomalous) where its score is above the threshold. Shaded: images "
                    "whose base and hybrid decisions differ. Panels are zoomed on the thresholds where far-off defects "
                    "would squeeze them (those points are drawn hollow on the edge); the per-category figures also "
