@@ -24,6 +24,7 @@ from .backbones import Backbone, load_backbone
 from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
+from .feature_cache import CacheContext, FeatureCache
 from .errors import CalibrationWarning, ConfigError, DataError, ModelFileError, NotFittedError, UnknownCategoryError, WeightsError
 from .features import FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
 from .images import source_name, source_size
@@ -121,7 +122,8 @@ class Detector:
     matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
     bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset).
     ``coreset_selector(features, n_select, seed, progress=...)`` returns the bank's row indices (default
-    :func:`~structcore.coreset.greedy_coreset`).
+    :func:`~structcore.coreset.greedy_coreset`). ``feature_cache``: a folder where the train images' raw
+    block tokens are kept (:mod:`structcore.feature_cache`), so refitting on them again is cheap.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Detector:
         compile: bool = False,
         fit_precision: str | None = None,
         coreset_selector: Callable[..., torch.Tensor] = greedy_coreset,
+        feature_cache: str | Path | None = None,
     ):
         if precision not in PRECISIONS or (fit_precision is not None and fit_precision not in PRECISIONS):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r} / {fit_precision!r}")
@@ -165,6 +168,7 @@ class Detector:
         self.num_workers = num_workers
         self.progress = progress
         self.coreset_selector = coreset_selector
+        self.feature_cache = FeatureCache(feature_cache)
         self.pipeline = ScoringPipeline(self.config)
         self.categories_: dict[str, CategoryModel] = {}
         self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
@@ -241,7 +245,15 @@ class Detector:
         images = [images] if _is_single_image(images) else list(images)
         if not images:
             raise DataError(f"category {category!r} has no training images")
-        features = self.extract(images, desc=f"{category}: train features", precision=self.fit_precision)
+        desc = f"{category}: train features"
+        if self.feature_cache.enabled and all(isinstance(i, (str, Path)) for i in images):
+            extractor = self.extractor(self.fit_precision)
+            context = CacheContext(self.config.backbone, self.weights_info_.sha256, self.config.preprocess,
+                                   self.fit_precision, self.device.type)
+            features = self.feature_cache.layer_tokens(extractor, context, images, self.config.blocks, self.batch_size,
+                                                       self.num_workers, self.progress, desc, reduce=self.fuse)
+        else:
+            features = self.extract(images, desc=desc, precision=self.fit_precision)
         return self.fit_features(category, features, [source_name(s, i) for i, s in enumerate(images)])
 
     def fit_features(self, category: str, features: torch.Tensor, train_images: list[str]) -> CategoryModel:
@@ -434,7 +446,8 @@ class Detector:
     def save(self, folder: str | Path) -> Path:
         """Write the model folder atomically: manifest.json, projection and one file per category."""
         self._require_fitted()
-        self._ensure_backbone()  # the manifest records the weights' sha256
+        if self.weights_info_ is None:
+            self._ensure_backbone()  # the manifest records the weights' sha256
         categories, files = {}, {}
         if self.projection_ is not None:
             files["projection.safetensors"] = {"projection": self.projection_}

@@ -87,11 +87,82 @@ def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConf
             detector = Detector(config, **runtime)
         fault_point("fit-loaded")
         for name, paths in sets.items():
-            model = detector.fit(name, paths)
-            t = model.thresholds
-            log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
-                f"thresholds ({t.method}, false-reject rate {t.false_reject_rate:g}) base {t.values['base']:.4g} "
-                f"hybrid {t.values['hybrid']:.4g} pixel {t.values['pixel']:.4g}")
+            _fit_category(detector, name, [Path(p).absolute() for p in paths], log)
+        detector.save(out)
+    log(f"model written to {out}")
+    return detector
+
+
+def _fit_category(detector: Detector, name: str, paths: list[Path], log: Callable[[str], None]):
+    model = detector.fit(name, paths)
+    t = model.thresholds
+    log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
+        f"thresholds ({t.method}, false-reject rate {t.false_reject_rate:g}) base {t.values['base']:.4g} "
+        f"hybrid {t.values['hybrid']:.4g} pixel {t.values['pixel']:.4g}")
+    return model
+
+
+def _threshold_changes(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    lines = [f"  {'threshold':<10} {'before':>12} {'after':>12} {'change':>9}"]
+    for k, v in after.items():
+        change = (v - before[k]) / abs(before[k]) if before[k] else float("nan")
+        lines.append(f"  {k:<10} {before[k]:>12.6g} {v:>12.6g} {change:>+9.1%}")
+    return lines
+
+
+def update_category(out: str | Path, category: str, more: list[Path], *, options: dict | None = None,
+                    lock_timeout: float | None = None, log: Callable[[str], None] = print, **runtime) -> Detector:
+    """Refit ``category`` of the model in ``out`` on its recorded train images plus the good images
+    ``more`` (confirmed false rejects, say), and log how its thresholds moved."""
+    out = Path(out)
+    with exclusive(out, timeout=lock_timeout, log=log):
+        recover(out, log=log)
+        if not (out / MANIFEST).is_file():
+            raise DataError(f"--update: {out} holds no model; fit one there first")
+        detector = Detector.load(out, **runtime)
+        _check_add_options(out, detector.config, options or {})
+        detector._require_fitted(category)
+        recorded = [Path(p) for p in detector.categories_[category].train_images]
+        missing = [str(p) for p in recorded if not p.is_file()]
+        if missing:
+            raise DataError(
+                f"--update {category}: {len(missing)} of the {len(recorded)} train images the model records are "
+                f"not there any more (first: {missing[0]}); refit the category with --add --overwrite from a "
+                "complete set of good images instead")
+        known = {p.absolute() for p in recorded}
+        new = [p.absolute() for p in more if p.absolute() not in known]
+        if not new:
+            raise DataError(f"--update {category}: all {len(more)} given images are already among its train images")
+        log(f"{category}: refitting on {len(recorded)} recorded + {len(new)} new good images")
+        before = dict(detector.categories_[category].thresholds.values)
+        model = _fit_category(detector, category, [*recorded, *new], log)
+        for line in _threshold_changes(before, model.thresholds.values):
+            log(line)
+        detector.save(out)
+    log(f"model written to {out}")
+    return detector
+
+
+def set_thresholds(out: str | Path, categories: list[str] | None = None, *, false_reject_rate: float | None = None,
+                   value: float | None = None, score: str | None = None, lock_timeout: float | None = None,
+                   log: Callable[[str], None] = print) -> Detector:
+    """Re-derive the thresholds of ``categories`` (default all) of the model in ``out`` for another
+    false-reject rate, or set one score's threshold to ``value``; no refit, no backbone needed."""
+    out = Path(out)
+    with exclusive(out, timeout=lock_timeout, log=log):
+        recover(out, log=log)
+        detector = Detector.load(out, progress=False)
+        for name in categories or sorted(detector.categories_):
+            detector._require_fitted(name)
+            before = dict(detector.categories_[name].thresholds.values)
+            t = detector.set_thresholds(name, false_reject_rate=false_reject_rate, value=value, score=score)
+            how = f"false-reject rate {false_reject_rate:g} over {t.n_images} {t.method} train-good scores" \
+                if value is None else f"{score or detector.config.decision_score} set to {value:g}"
+            log(f"{name}: {how}")
+            for line in _threshold_changes(before, t.values):
+                log(line)
+            for note in t.warnings():
+                log(f"{name}: warning: {note}")
         detector.save(out)
     log(f"model written to {out}")
     return detector

@@ -32,6 +32,7 @@ integer = _number(int, lambda v: True, "an integer")
 nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 open_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+finite_float = _number(float, lambda v: True, "a finite number")
 
 
 class _Given(argparse.Action):
