@@ -107,6 +107,7 @@ def bench(tmp_path) -> Path:
         "categories": {n: {**c, "routing_accuracy": rout[n]["routing_accuracy"]} for n, c in sep.items()},
         "mean": {**sep_block["mean"], "routing_accuracy": 29 / 30, "routing_accuracy_overall": 58 / 60},
         "config": {"resize": 64, "crop": CROP, "backbone": "dinov2_vits14", "decision_score": "hybrid",
+                   "false_reject_rate": 0.01, "threshold_calibration": "leave-one-out",
                    "coreset_ratio": 0.01},
         "coreset_ratios": [0.01], "primary": "0.01",
         "weights": {"name": "dinov2_vits14", "sha256": "ab" * 32, "source": "cache",
@@ -292,8 +293,12 @@ def test_report_on_a_real_tiny_benchmark(synthetic_mvtec, tiny_vit, tmp_path):
         page = write_report(out).read_text()
     assert "could not be drawn" not in page
     for name in ("widget", "gadget", "Class-separated", "Routed", "25% coreset", "Ablations", "components", "Routing",
-                 "Timings", "{sigma_S, top1%, TV}"):
+                 "Timings", "{sigma_S, top1%, TV}", "Decisions at the stored thresholds", "score_distributions.png"):
         assert name in page, name
+    results = json.loads((out / "results.json").read_text())
+    pooled = results["results"]["class_separated"]["0.25"]["mean"]["decisions"]["leave-one-out"]["hybrid"]
+    cell = f"{pooled['good_rejected']['count']}/{pooled['good_rejected']['n']} ("
+    assert re.search(r"<tr class=\"mean\"><th>Pooled</th><td>" + re.escape(cell), page)
     for src in re.findall(r'<img src="([^"]+)"', page):
         _png_ok(out / html.unescape(src), min_side=200)
 

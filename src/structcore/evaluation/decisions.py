@@ -27,6 +27,20 @@ def decision_counts(labels: np.ndarray, scores: dict[str, np.ndarray], threshold
     return out
 
 
+def pixel_decisions(masks: np.ndarray, maps: np.ndarray, threshold: float) -> dict:
+    """Precision, recall and F1 of the pixels above ``threshold`` against the masks (all images' pixels)."""
+    tp = fp = fn = 0
+    for mask, m in zip(masks, maps):  # image by image: no pixel-wide temporaries
+        above = m > threshold
+        tp += int((above & mask).sum())
+        fp += int((above & ~mask).sum())
+        fn += int((~above & mask).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"threshold": float(threshold), "precision": precision, "recall": recall, "f1": f1}
+
+
 def pooled(per_category: list[dict]) -> dict:
     """The counts of several categories' :func:`decision_counts` added up (one method's)."""
     out = {}

@@ -29,8 +29,8 @@ from ..images import image_size, load_mask
 from ..metrics import image_metrics as _image_metrics
 from ..metrics import pixel_metrics as _pixel_metrics
 from ..scoring import CalibrationRecord, ScoredImages
-from ..thresholds import Thresholds
-from .decisions import decision_counts
+from ..thresholds import PIXEL, Thresholds
+from .decisions import decision_counts, pixel_decisions
 from .schema import IMAGE_KEYS, PIXEL_KEYS, SCORES, to_json
 
 
@@ -242,6 +242,7 @@ class CategoryMetrics:
     thresholds: dict[str, float]
     routed_to: dict[str, int] | None = None
     decisions: dict[str, dict] | None = None  # by threshold calibration (class-separated only)
+    pixel_threshold: dict[str, dict] | None = None  # by threshold calibration: the pixel threshold's F1 etc.
 
     def to_json(self) -> dict:
         out = {"image": self.image, "pixel": self.pixel, "routing_accuracy": self.routing_accuracy, **self.counts,
@@ -250,6 +251,8 @@ class CategoryMetrics:
             out["routed_to"] = self.routed_to
         if self.decisions is not None:
             out["decisions"] = self.decisions
+        if self.pixel_threshold is not None:
+            out["pixel_threshold"] = self.pixel_threshold
         return to_json(out)
 
 
@@ -329,7 +332,9 @@ def evaluate_category(setup: Setup, cat: Category, fitted: FittedCategory) -> Ev
         with setup.timer("metrics"):
             image, pixel = image_metrics(labels, scored.scores), pixel_metrics(masks, scored.maps)
             decisions = {m: decision_counts(labels, scored.scores, t.values) for m, t in fitted.thresholds[key].items()}
-            separated = CategoryMetrics(image, pixel, None, decisions=decisions or None, **common)
+            at_pixel = None if pixel is None else {
+                m: pixel_decisions(masks, scored.maps, t.values[PIXEL]) for m, t in fitted.thresholds[key].items()}
+            separated = CategoryMetrics(image, pixel, None, decisions=decisions or None, pixel_threshold=at_pixel, **common)
             if routing.scores is not scored.scores:
                 image, pixel = image_metrics(labels, routing.scores), pixel_metrics(masks, routing.maps)
             routed = CategoryMetrics(image, pixel, float(np.mean([r == cat.name for r in routing.routes])),
