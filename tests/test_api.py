@@ -119,16 +119,16 @@ def test_fit_on_arrays_matches_fit_on_paths(fitted, synthetic_mvtec):
     assert model.train_images == [f"<image {i}>" for i in range(8)]
     test = _paths(synthetic_mvtec) + _paths(synthetic_mvtec, sub="scratch")
     assert all(_close(a, b) for a, b in zip(arrays.predict(test, "widget"), det.predict(test, "widget")))
-    assert model.calibration.thresholds == pytest.approx(det.categories_["widget"].calibration.thresholds, rel=1e-5)
+    assert model.thresholds.values == pytest.approx(det.categories_["widget"].thresholds.values, rel=1e-5)
 
 
-def test_calibration_record_is_what_the_thresholds_came_from(fitted, synthetic_mvtec):
+def test_calibration_record_is_what_structcore_was_fitted_on(fitted, synthetic_mvtec):
     det, folder = fitted
     model = det.categories_["widget"]
     record, calib = model.calibration_record, model.calibration
     assert np.array_equal(record.ids, np.arange(8))
-    assert np.quantile(record.scores["hybrid"], 0.995) == pytest.approx(calib.thresholds["hybrid"], rel=1e-12)
-    assert np.quantile(record.scores["base"], 0.995) == pytest.approx(calib.thresholds["base"], rel=1e-12)
+    phi = record.phi_map  # all components, in order: mu and sigma are their mean and std
+    assert np.allclose(calib.mu, phi.mean(0)) and np.allclose(calib.sigma, phi.std(0))
     assert np.allclose(record.scores["hybrid"], record.base + calib.lam * record.scores["struct"])
     # in-sample calibration: the record holds the scores the train images themselves get
     train = det.predict(_paths(synthetic_mvtec, "train"), "widget")

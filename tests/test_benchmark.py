@@ -127,17 +127,34 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
         assert "| Mean |" in (out / "tables" / f"{stem}.md").read_text()
     assert "Routing acc." in (out / "tables" / "routed_coreset25.md").read_text()
     md = (out / "tables.md").read_text()
-    assert md.count("### ") == 5 and "### ablation: coreset" in md
+    assert md.count("### ") == 7 and "### ablation: coreset" in md and "### decisions at the stored thresholds" in md
 
-    # score arrays for the figures: calibration thresholds are the train-good quantiles
+    # score arrays for the figures: the thresholds are order statistics of the threshold-calibration scores
     sc = json.loads((out / "scores" / "widget.json").read_text())
+    assert sc["threshold_calibration"] == "leave-one-out" and sc["false_reject_rate"] == 0.01
     for s in ("base", "struct", "hybrid"):
-        assert sc["thresholds"][s] == pytest.approx(np.quantile(sc["train"][s], 0.995), rel=1e-6)
+        assert sc["thresholds"][s] == max(sc["threshold_train"][s])  # 8 images: too few for 1%, so the largest
     test = sc["test"]
     assert len(test["paths"]) == len(test["labels"]) == len(test["defect_types"]) == len(test["base"]) == 6
     assert len(test["routed_to"]) == len(test["routed"]["hybrid"]) == 6
     assert np.allclose(test["hybrid"], np.array(test["base"]) + sc["lambda"] * np.array(test["struct"]))
     assert set(test["defect_types"]) == {"good", "scratch"} and len(sc["train"]["paths"]) == 8
+
+    # decisions at the stored thresholds, counted again from the score file
+    block = res["results"]["class_separated"]["0.25"]
+    dec = block["categories"]["widget"]["decisions"]
+    assert list(dec) == ["leave-one-out", "k-fold", "in-sample"]
+    labels, hybrid = np.array(test["labels"]), np.array(test["hybrid"])
+    own = dec["leave-one-out"]["hybrid"]
+    assert own["threshold"] == sc["thresholds"]["hybrid"]
+    assert own["good_rejected"]["count"] == int(((hybrid > own["threshold"]) & (labels == 0)).sum())
+    assert own["defective_accepted"]["count"] == int(((hybrid <= own["threshold"]) & (labels == 1)).sum())
+    assert own["good_rejected"]["n"] + own["defective_accepted"]["n"] == 6
+    pooled = block["mean"]["decisions"]["k-fold"]["hybrid"]["good_rejected"]
+    assert pooled["count"] == sum(c["decisions"]["k-fold"]["hybrid"]["good_rejected"]["count"]
+                                  for c in block["categories"].values())
+    # a train image scored without its own bank entries scores higher than with them
+    assert dec["in-sample"]["base"]["threshold"] < dec["leave-one-out"]["base"]["threshold"]
     assert sc["thresholds"] == res["results"]["class_separated"]["0.25"]["categories"]["widget"]["thresholds"]
     z = np.load(out / "maps" / "widget.npz")
     assert z["maps"].shape == (6, 56, 56) and z["masks"].shape == (6, 56, 56) and z["images"].shape == (6, 56, 56, 3)

@@ -21,9 +21,19 @@ def test_fit_then_predict_writes_everything(synthetic_mvtec, tiny_backbone, tmp_
     assert len(rows) == 6 and json.loads((out / "predictions.json").read_text())[0].keys() == rows[0].keys()
     for r in rows:
         assert r["decision"] == ("reject" if float(r["hybrid_score"]) > float(r["hybrid_threshold"]) else "accept")
-        assert np.load(out / r["map"]).shape == (56, 56)
-        assert Image.open(out / r["overlay"]).size == (56, 56)
+        size = Image.open(r["image"]).size
+        m = np.load(out / r["map"])  # the original frame: NaN on the border the 56-px crop of 64 drops
+        assert m.shape == size[::-1] and Image.open(out / r["overlay"]).size == size
+        seen = ~np.isnan(m)
+        assert seen[4:60, 4:60].all() and not seen[:4].any() and not seen[:, 60:].any()
         assert float(r["hybrid_score"]) >= float(r["base_score"])
+        regions = json.loads(r["regions"])
+        above = np.nan_to_num(m, nan=-np.inf) > float(r["pixel_threshold"])
+        assert sum(g["area"] for g in regions) == above.sum()
+        if r["decision"] == "reject":
+            assert np.array_equal(np.asarray(Image.open(out / r["mask"])) > 0, above)
+        else:
+            assert r["mask"] == ""
     # same stems in two folders must not overwrite each other's outputs
     assert len({r["map"] for r in rows}) == 6
 

@@ -96,7 +96,7 @@ def test_a_malformed_manifest_is_one_line(case, model, synthetic_mvtec, tmp_path
     _one_error_line(capsys, needle)
 
 
-@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--workers", "-1"], ["--quantile", "2"], ["--sigma", "nan"],
+@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--workers", "-1"], ["--false-reject-rate", "1"], ["--sigma", "nan"],
                                  ["--coreset-ratio", "0"], ["--k", "two"], ["--lock-timeout", "-1"], ["--resize", "0"]])
 def test_bad_values_are_refused_when_parsed(bad, capsys):
     with pytest.raises(SystemExit) as e:
@@ -130,7 +130,7 @@ def test_any_other_failure_is_one_line_and_debug_shows_the_traceback(error, need
 # -- the argument parser, fuzzed: what it accepts, the detector accepts ----------------------------
 _VALUES = st.sampled_from(["0", "1", "-1", "2", "0.5", "1.5", "nan", "inf", "-0", "1e9", "x", "", "56", "64", "-2"])
 _OPTIONS = st.sampled_from(["--resize", "--crop", "--projection-dim", "--coreset-ratio", "--coreset-size", "--k",
-                            "--sigma", "--top-ratio", "--lam", "--heldout-fraction", "--quantile", "--routing-prototypes",
+                            "--sigma", "--top-ratio", "--lam", "--heldout-fraction", "--false-reject-rate", "--routing-prototypes",
                             "--seed", "--batch-size", "--workers", "--blocks", "--lock-timeout"])
 
 

@@ -43,9 +43,12 @@ BAD = [
     ("lam", "1", "lam"),
     ("calibration", "loo", "calibration"),
     ("heldout_fraction", 1.0, "heldout_fraction"),
-    ("quantile", 0.0, "quantile"),
-    ("quantile", 1.5, "quantile"),
-    ("quantile", None, "quantile"),
+    ("false_reject_rate", 0.0, "false_reject_rate"),
+    ("false_reject_rate", 1.0, "false_reject_rate"),
+    ("false_reject_rate", None, "false_reject_rate"),
+    ("threshold_calibration", "bootstrap", "threshold_calibration"),
+    ("threshold_folds", 1, "threshold_folds"),
+    ("threshold_folds", 2.5, "threshold_folds"),
     ("descriptor_on", "maps", "descriptor_on"),
     ("routing_prototypes", 0, "routing_prototypes"),
     ("decision_score", "max", "decision_score"),
@@ -71,9 +74,9 @@ def test_replace_is_checked_too(tiny_backbone):
 
 
 def test_good_values_are_kept(tiny_backbone):
-    c = DetectorConfig(**{**TINY, "blocks": [0, -1], "components": ["tv", "std"], "sigma": 0, "lam": 1, "quantile": 1})
+    c = DetectorConfig(**{**TINY, "blocks": [0, -1], "components": ["tv", "std"], "sigma": 0, "lam": 1, "false_reject_rate": 0.5})
     assert c.blocks == (0, -1) and c.components == ("tv", "std")
-    assert c.sigma == 0.0 and c.lam == 1.0 and c.quantile == 1.0
+    assert c.sigma == 0.0 and c.lam == 1.0 and c.false_reject_rate == 0.5
     assert (c.grid, c.patch_size) == ((4, 4), 14)
     assert DetectorConfig(**json.loads(json.dumps(asdict(c)))) == c  # what a manifest stores builds it again
 

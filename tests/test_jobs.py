@@ -68,7 +68,8 @@ def test_two_concurrent_predicts_into_one_out_keep_both(model, synthetic_mvtec, 
     rows = _rows(out)
     assert sorted(Path(r["image"]).parent.name for r in rows) == ["good"] * 3 + ["scratch"] * 3
     assert json.loads((out / "predictions.json").read_text()) == [
-        {k: (float(v) if k.endswith(("_score", "_threshold")) else v) for k, v in r.items()} for r in rows]
+        {k: (float(v) if k.endswith(("_score", "_threshold", "_normalised")) else json.loads(v) if k == "regions" else v)
+         for k, v in r.items()} for r in rows]
 
 
 # -- 2: fit --add is explicit ---------------------------------------------------------------------

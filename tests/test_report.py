@@ -46,7 +46,8 @@ def _scores(rng, cat: str, paths: list[str], labels: np.ndarray) -> ScoreFile:
     train = {"base": train_base, "struct": train_struct, "hybrid": train_base + lam * train_struct}
     test = {"base": base, "struct": struct, "hybrid": base + lam * struct}
     return ScoreFile(
-        category=cat, coreset_ratio=0.01, calibration="in-sample", quantile=q, lam=lam,
+        category=cat, coreset_ratio=0.01, calibration="in-sample", threshold_calibration="in-sample",
+        false_reject_rate=1 - q, lam=lam,
         thresholds={s: float(np.quantile(v, q)) for s, v in train.items()},
         train_paths=[f"train/{i:03d}.png" for i in range(40)], train=train, paths=paths, labels=labels,
         defect_types=["good" if lab == 0 else "crack" for lab in labels], test=test,
@@ -102,10 +103,11 @@ def bench(tmp_path) -> Path:
                                                              "f1_max": 0.95} for s in SCORES},
                                                     "hybrid_auroc_std": 0.0}}
     results = {
-        "schema": 1, "dataset": "mvtec", "data_root": str(tmp_path / "data"), "category_names": list(CATEGORIES),
+        "schema": 2, "dataset": "mvtec", "data_root": str(tmp_path / "data"), "category_names": list(CATEGORIES),
         "categories": {n: {**c, "routing_accuracy": rout[n]["routing_accuracy"]} for n, c in sep.items()},
         "mean": {**sep_block["mean"], "routing_accuracy": 29 / 30, "routing_accuracy_overall": 58 / 60},
         "config": {"resize": 64, "crop": CROP, "backbone": "dinov2_vits14", "decision_score": "hybrid",
+                   "false_reject_rate": 0.01, "threshold_calibration": "leave-one-out",
                    "coreset_ratio": 0.01},
         "coreset_ratios": [0.01], "primary": "0.01",
         "weights": {"name": "dinov2_vits14", "sha256": "ab" * 32, "source": "cache",
@@ -253,7 +255,8 @@ def test_zoomed_panel_keeps_counts_and_marks_far_points(tmp_path):
     hyb = np.r_[rng.normal(1.2, 0.05, 20), 1.5, 1.5, 80.0]
     labels = np.r_[np.zeros(20, int), 1, 0, 1]
     scores = {"base": base, "struct": hyb - base, "hybrid": hyb}
-    s = ScoreFile(category="far", coreset_ratio=0.01, calibration="in-sample", quantile=0.995, lam=0.1,
+    s = ScoreFile(category="far", coreset_ratio=0.01, calibration="in-sample", threshold_calibration="in-sample",
+                  false_reject_rate=0.005, lam=0.1,
                   thresholds={"base": 1.1, "struct": 1.0, "hybrid": 1.35}, train_paths=[""] * 200,
                   train={"base": train, "struct": train, "hybrid": train + 0.2}, paths=[""] * 23, labels=labels,
                   defect_types=[""] * 23, test=scores, routed_to=["far"] * 23, routed=scores)
@@ -290,8 +293,12 @@ def test_report_on_a_real_tiny_benchmark(synthetic_mvtec, tiny_vit, tmp_path):
         page = write_report(out).read_text()
     assert "could not be drawn" not in page
     for name in ("widget", "gadget", "Class-separated", "Routed", "25% coreset", "Ablations", "components", "Routing",
-                 "Timings", "{sigma_S, top1%, TV}"):
+                 "Timings", "{sigma_S, top1%, TV}", "Decisions at the stored thresholds", "score_distributions.png"):
         assert name in page, name
+    results = json.loads((out / "results.json").read_text())
+    pooled = results["results"]["class_separated"]["0.25"]["mean"]["decisions"]["leave-one-out"]["hybrid"]
+    cell = f"{pooled['good_rejected']['count']}/{pooled['good_rejected']['n']} ("
+    assert re.search(r"<tr class=\"mean\"><th>Pooled</th><td>" + re.escape(cell), page)
     for src in re.findall(r'<img src="([^"]+)"', page):
         _png_ok(out / html.unescape(src), min_side=200)
 

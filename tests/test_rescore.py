@@ -32,7 +32,15 @@ def _nn_map(query, bank, side, up=4):
     return np.kron(grid, np.ones((up, up))).astype(np.float32)
 
 
-def _reference(train, test, top=0.01, quantile=0.995):
+def _order_statistic(values, rate):
+    """The smallest sorted value v_(k) whose exceedance chance for one more exchangeable value,
+    (n + 1 - k) / (n + 1), is at most ``rate``; the largest value when none is."""
+    v = np.sort(values)
+    n = len(v)
+    return float(next((v[k - 1] for k in range(1, n + 1) if (n + 1 - k) / (n + 1) <= rate + 1e-12), v[-1]))
+
+
+def _reference(train, test, top=0.01, rate=0.01):
     """Base, struct, hybrid of the test maps and the thresholds, straight from the paper's equations."""
     def describe(maps):
         phi, base = [], []
@@ -56,7 +64,7 @@ def _reference(train, test, top=0.01, quantile=0.995):
     tr = {"base": base_tr, "struct": dist(phi_tr), "hybrid": base_tr + lam * dist(phi_tr)}
     phi_te, base_te = describe(test)
     te = {"base": base_te, "struct": dist(phi_te), "hybrid": base_te + lam * dist(phi_te)}
-    return te, {s: float(np.quantile(v, quantile)) for s, v in tr.items()}, lam
+    return te, {s: _order_statistic(v, rate) for s, v in tr.items()}, lam
 
 
 def _auroc(labels, scores):
@@ -234,10 +242,10 @@ def test_scorer_fit_score_and_options(known_answer):
         assert np.allclose(got[s], expected[s], rtol=1e-9, atol=1e-12), s
     assert scorer.thresholds_ == pytest.approx(thresholds, rel=1e-9)
     assert scorer.calibration_.lam == pytest.approx(lam, rel=1e-9)
-    fixed = StructCoreScorer(lam=2.0, quantile=0.5).fit(train)
+    fixed = StructCoreScorer(lam=2.0, false_reject_rate=0.5).fit(train)
     s = fixed.score(test)
     assert np.allclose(s["hybrid"], expected["base"] + 2.0 * expected["struct"])
-    assert fixed.thresholds_["hybrid"] == pytest.approx(np.quantile(fixed.train_scores_["hybrid"], 0.5))
+    assert fixed.thresholds_["hybrid"] == pytest.approx(_order_statistic(fixed.train_scores_["hybrid"], 0.5))
     assert fixed.thresholds_["hybrid"] != pytest.approx(scorer.thresholds_["hybrid"])
 
 
@@ -259,6 +267,6 @@ def test_scorer_errors_are_structcore_errors():
         fitted.score([np.full((4, 4), np.nan)])
     for bad, name in ((dict(distance="cos"), "distance"), (dict(pooling="median"), "pooling"),
                       (dict(components=("std", "area")), "components"), (dict(top_ratio=0.0), "top_ratio"),
-                      (dict(quantile=1.5), "quantile"), (dict(lam=-1.0), "lam")):
+                      (dict(false_reject_rate=1.5), "false-reject rate"), (dict(lam=-1.0), "lam")):
         with pytest.raises(StructcoreError, match=name):
             StructCoreScorer(**bad)

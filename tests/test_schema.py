@@ -20,7 +20,8 @@ def _score_file() -> ScoreFile:
     test = {s: rng.random(5) for s in ("base", "struct", "hybrid")}
     test["struct"][2] = np.nan  # non-finite values are written as null and read back as NaN
     return ScoreFile(
-        category="widget", coreset_ratio=0.01, calibration="in-sample", quantile=0.995, lam=0.25,
+        category="widget", coreset_ratio=0.01, calibration="in-sample", threshold_calibration="k-fold",
+        false_reject_rate=0.01, lam=0.25, threshold_train={s: rng.random(3) for s in ("base", "struct", "hybrid")},
         thresholds={"base": 1.0, "struct": 2.0, "hybrid": 1.5},
         train_paths=["t0.png", "t1.png", "t2.png"], train={s: rng.random(3) for s in ("base", "struct", "hybrid")},
         paths=[f"x{i}.png" for i in range(5)], labels=np.array([0, 0, 1, 1, 1]),

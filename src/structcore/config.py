@@ -13,6 +13,7 @@ from .features import SKIP5, Preprocess
 from .maps import POOLINGS
 from .scoring import SCORES
 from .structure import COMPONENTS, DISTANCES
+from .thresholds import THRESHOLD_CALIBRATIONS
 
 CALIBRATIONS = ("in-sample", "leave-one-out", "held-out")
 
@@ -36,7 +37,8 @@ class DetectorConfig:
     """Everything that defines a fitted model. Defaults follow the paper (spec.md) except the backbone.
 
     Every field is checked when the config is built; ``coreset_size`` (an absolute bank size) overrides
-    ``coreset_ratio``.
+    ``coreset_ratio``. ``calibration`` is the split StructCore's statistics are fitted on;
+    ``threshold_calibration`` how the decision thresholds are (:mod:`structcore.thresholds`).
     """
 
     backbone: str = "dinov2_vits14"
@@ -56,7 +58,9 @@ class DetectorConfig:
     lam: float | None = None
     calibration: str = "in-sample"
     heldout_fraction: float = 0.2
-    quantile: float = 0.995
+    threshold_calibration: str = "leave-one-out"
+    threshold_folds: int = 5
+    false_reject_rate: float = 0.01
     descriptor_on: str = "map"
     routing_prototypes: int = 64
     decision_score: str = "hybrid"
@@ -69,7 +73,7 @@ class DetectorConfig:
             set_(name, tuple(value))
         # numbers are checked to be numbers before any comparison (a TypeError would not name the field)
         # and real-valued fields stored as float, so the config always serialises to JSON
-        for name in ("coreset_ratio", "sigma", "top_ratio", "lam", "heldout_fraction", "quantile"):
+        for name in ("coreset_ratio", "sigma", "top_ratio", "lam", "heldout_fraction", "false_reject_rate"):
             value = getattr(self, name)
             optional = name in ("coreset_ratio", "lam")
             _check(_real(value) or (optional and value is None),
@@ -78,7 +82,7 @@ class DetectorConfig:
                 set_(name, float(value))
         if self.coreset_size is not None:
             set_("coreset_ratio", None)
-        for name in ("resize", "crop", "projection_dim", "seed", "coreset_size", "k", "routing_prototypes"):
+        for name in ("resize", "crop", "projection_dim", "seed", "coreset_size", "k", "routing_prototypes", "threshold_folds"):
             if _int(value := getattr(self, name)):
                 set_(name, int(value))  # numpy integers too, stored as int so the config serialises to JSON
         if all(_int(b) for b in self.blocks):
@@ -108,7 +112,11 @@ class DetectorConfig:
         _check(self.lam is None or (math.isfinite(self.lam) and self.lam >= 0), f"lam must be >= 0 or None (lambda_auto), got {self.lam}")
         _check(self.calibration in CALIBRATIONS, f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         _check(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        _check(0 < self.quantile <= 1, f"threshold quantile must be in (0, 1], got {self.quantile}")
+        _check(self.threshold_calibration in THRESHOLD_CALIBRATIONS,
+               f"threshold_calibration must be one of {THRESHOLD_CALIBRATIONS}, got {self.threshold_calibration!r}")
+        _check(_int(self.threshold_folds) and self.threshold_folds >= 2,
+               f"threshold_folds must be an integer >= 2, got {self.threshold_folds!r}")
+        _check(0 < self.false_reject_rate < 1, f"false_reject_rate must be in (0, 1), e.g. 0.01; got {self.false_reject_rate}")
         _check(self.descriptor_on in ("map", "grid"), f"descriptor_on must be 'map' or 'grid', got {self.descriptor_on!r}")
         _check(_int(self.routing_prototypes) and self.routing_prototypes >= 1,
                f"routing_prototypes must be a positive integer, got {self.routing_prototypes!r}")

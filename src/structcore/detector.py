@@ -24,14 +24,17 @@ from .backbones import Backbone, load_backbone
 from .config import DetectorConfig
 from .coreset import coreset_size, greedy_coreset
 from .data import iter_batches
+from .feature_cache import CacheContext, FeatureCache
 from .errors import CalibrationWarning, ConfigError, DataError, ModelFileError, NotFittedError, UnknownCategoryError, WeightsError
-from .features import FeatureExtractor, fuse_layers, random_projection, resolve_precision
-from .images import source_name
+from .features import FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
+from .images import source_name, source_size
 from .knn import BACKENDS, MemoryBank
 from .model_io import check_detector_manifest, read_model, write_model
+from .regions import Region, defect_regions, to_original_frame
 from .router import route, routing_prototypes
 from .scoring import SCORES, CalibrationRecord, ScoredImages, ScoringPipeline
 from .structure import StructCalibration
+from .thresholds import PIXEL, Thresholds
 from .weights import WeightsInfo
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -39,37 +42,64 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class CategoryModel:
-    """What a category keeps after fitting: bank (+ each entry's source image), prototypes, calibration,
-    and the record of what the calibration was fitted on (None for models saved before it was kept)."""
+    """What a category keeps after fitting: bank (+ each entry's source image), prototypes, StructCore's
+    calibration, the decision thresholds, and the record of what the calibration was fitted on (None for
+    models saved before it was kept)."""
 
     name: str
     bank: torch.Tensor
     bank_source: torch.Tensor
     prototypes: torch.Tensor
     calibration: StructCalibration
+    thresholds: Thresholds
     train_images: list[str]
     calibration_record: CalibrationRecord | None = None
 
 
 @dataclass
 class Prediction:
-    """One scored image: its category, the three scores, the decision, and the anomaly map (crop frame;
-    None when predicted with ``maps=False``)."""
+    """One scored image: its category, the three scores with their thresholds and normalised values
+    (1.0 = the threshold, 0 = the median train-good image), the decision, the defect regions (original
+    image pixels, above the category's ``pixel_threshold``) and the anomaly map (crop frame; None when
+    predicted with ``maps=False``; :meth:`original_map` gives it in the original image's frame)."""
 
     path: str | None
     category: str
     scores: dict[str, float]
     thresholds: dict[str, float]
+    normalised_scores: dict[str, float]
     decision_score: str
+    pixel_threshold: float
+    image_size: tuple[int, int]
+    regions: list[Region]
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    preprocess: Preprocess | None = field(default=None, repr=False)
+
+    @property
+    def score(self) -> float:
+        return self.scores[self.decision_score]
+
+    @property
+    def threshold(self) -> float:
+        return self.thresholds[self.decision_score]
+
+    @property
+    def normalised_score(self) -> float:
+        return self.normalised_scores[self.decision_score]
 
     @property
     def is_anomalous(self) -> bool:
-        return self.scores[self.decision_score] > self.thresholds[self.decision_score]
+        return self.score > self.threshold
 
     @property
     def decision(self) -> str:
         return "reject" if self.is_anomalous else "accept"
+
+    def original_map(self) -> np.ndarray:
+        """The anomaly map ``[height, width]`` in the original image's frame, NaN outside the crop."""
+        if self.anomaly_map is None:
+            raise ValueError(f"{self.path}: predicted with maps=False, so there is no anomaly map")
+        return to_original_frame(self.anomaly_map, self.image_size, self.preprocess)
 
 
 def _is_single_image(images) -> bool:
@@ -92,7 +122,8 @@ class Detector:
     matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
     bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset).
     ``coreset_selector(features, n_select, seed, progress=...)`` returns the bank's row indices (default
-    :func:`~structcore.coreset.greedy_coreset`).
+    :func:`~structcore.coreset.greedy_coreset`). ``feature_cache``: a folder where the train images' raw
+    block tokens are kept (:mod:`structcore.feature_cache`), so refitting on them again is cheap.
     """
 
     def __init__(
@@ -109,6 +140,7 @@ class Detector:
         compile: bool = False,
         fit_precision: str | None = None,
         coreset_selector: Callable[..., torch.Tensor] = greedy_coreset,
+        feature_cache: str | Path | None = None,
     ):
         if precision not in PRECISIONS or (fit_precision is not None and fit_precision not in PRECISIONS):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r} / {fit_precision!r}")
@@ -136,6 +168,7 @@ class Detector:
         self.num_workers = num_workers
         self.progress = progress
         self.coreset_selector = coreset_selector
+        self.feature_cache = FeatureCache(feature_cache)
         self.pipeline = ScoringPipeline(self.config)
         self.categories_: dict[str, CategoryModel] = {}
         self.fit_timings_: dict[str, dict[str, float]] = {}  # per category: coreset_s, calibration_knn_s
@@ -212,7 +245,15 @@ class Detector:
         images = [images] if _is_single_image(images) else list(images)
         if not images:
             raise DataError(f"category {category!r} has no training images")
-        features = self.extract(images, desc=f"{category}: train features", precision=self.fit_precision)
+        desc = f"{category}: train features"
+        if self.feature_cache.enabled and all(isinstance(i, (str, Path)) for i in images):
+            extractor = self.extractor(self.fit_precision)
+            context = CacheContext(self.config.backbone, self.weights_info_.sha256, self.config.preprocess,
+                                   self.fit_precision, self.device.type)
+            features = self.feature_cache.layer_tokens(extractor, context, images, self.config.blocks, self.batch_size,
+                                                       self.num_workers, self.progress, desc, reduce=self.fuse)
+        else:
+            features = self.extract(images, desc=desc, precision=self.fit_precision)
         return self.fit_features(category, features, [source_name(s, i) for i, s in enumerate(images)])
 
     def fit_features(self, category: str, features: torch.Tensor, train_images: list[str]) -> CategoryModel:
@@ -226,21 +267,19 @@ class Detector:
                 f"needs at least {need} (a few dozen give stable thresholds)"
             )
         bank_ids, calib_ids = self.calibration_split(n)
-        flat = features[bank_ids].reshape(-1, features.shape[-1])
-        source = torch.as_tensor(bank_ids).repeat_interleave(features.shape[1])
         started = time.perf_counter()
-        chosen = self.coreset_selector(
-            flat, coreset_size(len(flat), cfg.coreset_ratio, cfg.coreset_size), cfg.seed, progress=self.progress
-        )
+        bank = self._build_bank(features, bank_ids)
         coreset_s = time.perf_counter() - started
-        bank = MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
         exclude = calib_ids if cfg.calibration == "leave-one-out" else None
         stages: dict[str, float] = {}
         pipeline = ScoringPipeline(cfg, on_stage=stages.__setitem__)
         scored = pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False)
-        self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"]}
         calibration, record = pipeline.calibrate(scored, calib_ids)
-        for note in calibration.warnings:
+        started = time.perf_counter()
+        thresholds = self.calibrate_thresholds(features, bank, calibration, cfg.threshold_calibration, scored, calib_ids)
+        self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"],
+                                       "threshold_calibration_s": time.perf_counter() - started}
+        for note in [*calibration.warnings, *thresholds.warnings()]:
             warnings.warn(f"category {category!r}: {note}", CalibrationWarning, stacklevel=3)
         model = CategoryModel(
             name=category,
@@ -248,12 +287,80 @@ class Detector:
             bank_source=bank.source_image,
             prototypes=routing_prototypes(features.reshape(-1, features.shape[-1]), cfg.routing_prototypes, cfg.seed),
             calibration=calibration,
+            thresholds=thresholds,
             train_images=train_images,
             calibration_record=record,
         )
         self.categories_[category] = model
         self._banks[category] = bank
         return model
+
+    def _build_bank(self, features: torch.Tensor, ids: np.ndarray) -> MemoryBank:
+        """The coreset memory bank of the images ``ids`` of ``features`` (each entry knows its image)."""
+        cfg = self.config
+        flat = features[ids].reshape(-1, features.shape[-1])
+        source = torch.as_tensor(ids).repeat_interleave(features.shape[1])
+        size = coreset_size(len(flat), cfg.coreset_ratio, cfg.coreset_size)
+        chosen = self.coreset_selector(flat, size, cfg.seed, progress=self.progress)
+        return MemoryBank(flat[chosen], source[chosen], self.knn_backend, self.device)
+
+    def calibrate_thresholds(self, features: torch.Tensor, bank: MemoryBank, calibration: StructCalibration,
+                             method: str, scored: ScoredImages | None = None, scored_ids=None,
+                             false_reject_rate: float | None = None) -> Thresholds:
+        """Thresholds from the train-good ``features`` scored the ``method`` way (see
+        :mod:`structcore.thresholds`) under ``calibration``. ``scored``: the images ``scored_ids`` as
+        StructCore's calibration scored them; "in-sample" thresholds are theirs, and they are reused
+        where they are what ``method`` asks for."""
+        cfg, n = self.config, len(features)
+        everything = np.arange(n)
+        reuse = scored is not None and (method == "in-sample" or (
+            method == cfg.calibration and np.array_equal(scored_ids, everything)))
+        notes = []
+        try:
+            if reuse:
+                result = scored
+            elif method == "leave-one-out":
+                result = self.pipeline.run(bank, features, exclude_images=everything, keep_maps=False)
+            elif method == "k-fold":
+                result = self._k_fold_scores(features)
+        except ConfigError as e:  # too few bank entries left without an image's own (tiny categories)
+            notes.append(f"{method} threshold calibration is not possible here ({e}); the thresholds are in-sample, "
+                         "so new good images may be rejected more often than the false-reject rate says")
+            method = "in-sample"
+        if method == "in-sample" and not reuse:
+            result = scored if scored is not None else self.pipeline.run(bank, features, keep_maps=False)
+        scores = self.pipeline.scores(calibration, result)
+        scores[PIXEL] = result.peak
+        return Thresholds.from_scores(method, scores, false_reject_rate or cfg.false_reject_rate, notes)
+
+    def _k_fold_scores(self, features: torch.Tensor) -> ScoredImages:
+        """Each fold of the train images scored against a bank built from the other folds."""
+        n = len(features)
+        order = np.random.default_rng(self.config.seed).permutation(n)
+        folds = np.array_split(order, min(self.config.threshold_folds, n))
+        parts: list[tuple[np.ndarray, ScoredImages]] = []
+        for fold in folds:
+            fold = np.sort(fold)
+            bank = self._build_bank(features, np.setdiff1d(np.arange(n), fold))
+            parts.append((fold, self.pipeline.run(bank, features[fold], keep_maps=False)))
+        position = np.argsort(np.concatenate([f for f, _ in parts]))
+        joined = {k: np.concatenate([getattr(p, k) for _, p in parts])[position] for k in ("base", "peak", "phi_map", "phi_grid")}
+        grids = torch.cat([p.grids for _, p in parts])[torch.from_numpy(position)]
+        return ScoredImages(grids=grids, **joined)
+
+    def set_thresholds(self, category: str, *, false_reject_rate: float | None = None, value: float | None = None,
+                       score: str | None = None) -> Thresholds:
+        """Re-derive a category's thresholds for another false-reject rate, or set one score's (default the
+        decision score's) threshold to a ``value``; no refit. Returns the new thresholds."""
+        self._require_fitted(category)
+        if (false_reject_rate is None) == (value is None):
+            raise ConfigError("give either a false-reject rate or a threshold value")
+        m = self.categories_[category]
+        if value is None:
+            m.thresholds = m.thresholds.at_rate(false_reject_rate)
+        else:
+            m.thresholds = m.thresholds.with_value(score or self.config.decision_score, value)
+        return m.thresholds
 
     def calibration_split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Images that build the bank and images that calibrate StructCore."""
@@ -308,25 +415,39 @@ class Detector:
             slots: list[Prediction | None] = [None] * len(chunk)
             for name in dict.fromkeys(categories):
                 rows = [i for i, c in enumerate(categories) if c == name]
-                scored = self.score_features(name, features[rows], keep_maps=maps)
-                thresholds = self.categories_[name].calibration.thresholds
+                scored = self.score_features(name, features[rows])
                 for j, i in enumerate(rows):
-                    slots[i] = Prediction(
-                        path=source_name(chunk[i], offset + i),
-                        category=name,
-                        scores={s: float(scored.scores[s][j]) for s in SCORES},
-                        thresholds=dict(thresholds),
-                        decision_score=self.config.decision_score,
-                        anomaly_map=scored.maps[j] if maps else None,
-                    )
+                    slots[i] = self._prediction(name, scored, j, chunk[i], offset + i, maps)
             yield from slots
             offset += len(chunk)
+
+    def _prediction(self, category: str, scored: ScoredImages, j: int, image, index: int, keep_map: bool) -> Prediction:
+        """Row ``j`` of ``scored`` as the Prediction of ``image``, with its regions in the original frame."""
+        t = self.categories_[category].thresholds
+        size = source_size(image)
+        pre = self.config.preprocess
+        pixel = t.values[PIXEL]
+        regions = defect_regions(to_original_frame(scored.maps[j], size, pre), pixel) if scored.peak[j] > pixel else []
+        return Prediction(
+            path=source_name(image, index),
+            category=category,
+            scores={s: float(scored.scores[s][j]) for s in SCORES},
+            thresholds={s: t.values[s] for s in SCORES},
+            normalised_scores={s: float(t.normalise(s, scored.scores[s][j])) for s in SCORES},
+            decision_score=self.config.decision_score,
+            pixel_threshold=pixel,
+            image_size=size,
+            regions=regions,
+            anomaly_map=scored.maps[j] if keep_map else None,
+            preprocess=pre,
+        )
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write the model folder atomically: manifest.json, projection and one file per category."""
         self._require_fitted()
-        self._ensure_backbone()  # the manifest records the weights' sha256
+        if self.weights_info_ is None:
+            self._ensure_backbone()  # the manifest records the weights' sha256
         categories, files = {}, {}
         if self.projection_ is not None:
             files["projection.safetensors"] = {"projection": self.projection_}
@@ -339,6 +460,7 @@ class Detector:
                 "prototypes": m.prototypes,
                 "mu": torch.from_numpy(c.mu),
                 "sigma": torch.from_numpy(c.sigma),
+                **{f"threshold_scores_{k}": torch.from_numpy(v) for k, v in m.thresholds.scores.items()},
             }
             if (r := m.calibration_record) is not None:
                 tensors.update({f"calibration_{k}": torch.from_numpy(np.asarray(getattr(r, k))) for k in _RECORD_KEYS})
@@ -348,7 +470,9 @@ class Detector:
                 "file": file,
                 "bank_size": len(m.bank),
                 "lambda": c.lam,
-                "thresholds": c.thresholds,
+                "thresholds": {s: m.thresholds.values[s] for s in SCORES},
+                "pixel_threshold": m.thresholds.values[PIXEL],
+                "threshold_calibration": m.thresholds.record(),
                 "train_images": m.train_images,
                 "warnings": list(c.warnings),
             }
@@ -394,8 +518,16 @@ class Detector:
                 mu=t["mu"].numpy(),
                 sigma=t["sigma"].numpy(),
                 lam=float(entry["lambda"]),
-                thresholds={k: float(v) for k, v in entry["thresholds"].items()},
                 warnings=list(entry.get("warnings", [])),
+            )
+            how = entry["threshold_calibration"]
+            thresholds = Thresholds(
+                method=how["method"],
+                false_reject_rate=float(how["false_reject_rate"]),
+                scores={k: t[f"threshold_scores_{k}"].numpy() for k in (*SCORES, PIXEL)},
+                values={**{k: float(v) for k, v in entry["thresholds"].items()}, PIXEL: float(entry["pixel_threshold"])},
+                set_by=dict(how["set_by"]),
+                notes=list(how.get("notes", [])),
             )
             record = None
             if all(k in t for k in _RECORD_TENSORS):
@@ -404,7 +536,8 @@ class Detector:
                     scores={"base": t["calibration_base"].numpy(), **{s: t[f"calibration_score_{s}"].numpy() for s in SCORES[1:]}},
                 )
             detector.categories_[name] = CategoryModel(
-                name, t["bank"], t["bank_source"], t["prototypes"], calibration, list(entry["train_images"]), record
+                name, t["bank"], t["bank_source"], t["prototypes"], calibration, thresholds, list(entry["train_images"]),
+                record
             )
         return detector
 

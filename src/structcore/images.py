@@ -164,6 +164,15 @@ def as_image(source, name: str = "image") -> Image.Image:
     raise DataError(f"{name}: expected an image path, a PIL image or a numpy array, got {type(source).__name__}")
 
 
+def source_size(source) -> tuple[int, int]:
+    """``(width, height)`` of an image path (read from its header), PIL image or array."""
+    if isinstance(source, (str, Path)):
+        return image_size(source)
+    if isinstance(source, Image.Image):
+        return source.size
+    return int(source.shape[1]), int(source.shape[0])
+
+
 def source_name(source, index: int) -> str:
     """How results and messages name an image: its path, or ``<image N>`` for an in-memory one."""
     return str(source) if isinstance(source, (str, Path)) else f"<image {index}>"

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .config import DetectorConfig
 from .data import list_images, load_mvtec
@@ -26,7 +27,8 @@ from .files import atomic_write, atomic_write_json, atomic_write_text, check_wri
 from .model_io import MANIFEST, recover
 from .scoring import SCORES
 from .images import load_image
-from .visualize import color_range, overlay
+from .regions import region_mask
+from .visualize import overlay_original
 
 
 def training_sets(data: str | Path | None = None, categories: list[str] | None = None,
@@ -85,10 +87,82 @@ def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConf
             detector = Detector(config, **runtime)
         fault_point("fit-loaded")
         for name, paths in sets.items():
-            model = detector.fit(name, paths)
-            t = model.calibration.thresholds
-            log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
-                f"thresholds base {t['base']:.4g} hybrid {t['hybrid']:.4g}")
+            _fit_category(detector, name, [Path(p).absolute() for p in paths], log)
+        detector.save(out)
+    log(f"model written to {out}")
+    return detector
+
+
+def _fit_category(detector: Detector, name: str, paths: list[Path], log: Callable[[str], None]):
+    model = detector.fit(name, paths)
+    t = model.thresholds
+    log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
+        f"thresholds ({t.method}, false-reject rate {t.false_reject_rate:g}) base {t.values['base']:.4g} "
+        f"hybrid {t.values['hybrid']:.4g} pixel {t.values['pixel']:.4g}")
+    return model
+
+
+def _threshold_changes(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    lines = [f"  {'threshold':<10} {'before':>12} {'after':>12} {'change':>9}"]
+    for k, v in after.items():
+        change = (v - before[k]) / abs(before[k]) if before[k] else float("nan")
+        lines.append(f"  {k:<10} {before[k]:>12.6g} {v:>12.6g} {change:>+9.1%}")
+    return lines
+
+
+def update_category(out: str | Path, category: str, more: list[Path], *, options: dict | None = None,
+                    lock_timeout: float | None = None, log: Callable[[str], None] = print, **runtime) -> Detector:
+    """Refit ``category`` of the model in ``out`` on its recorded train images plus the good images
+    ``more`` (confirmed false rejects, say), and log how its thresholds moved."""
+    out = Path(out)
+    with exclusive(out, timeout=lock_timeout, log=log):
+        recover(out, log=log)
+        if not (out / MANIFEST).is_file():
+            raise DataError(f"--update: {out} holds no model; fit one there first")
+        detector = Detector.load(out, **runtime)
+        _check_add_options(out, detector.config, options or {})
+        detector._require_fitted(category)
+        recorded = [Path(p) for p in detector.categories_[category].train_images]
+        missing = [str(p) for p in recorded if not p.is_file()]
+        if missing:
+            raise DataError(
+                f"--update {category}: {len(missing)} of the {len(recorded)} train images the model records are "
+                f"not there any more (first: {missing[0]}); refit the category with --add --overwrite from a "
+                "complete set of good images instead")
+        known = {p.absolute() for p in recorded}
+        new = [p.absolute() for p in more if p.absolute() not in known]
+        if not new:
+            raise DataError(f"--update {category}: all {len(more)} given images are already among its train images")
+        log(f"{category}: refitting on {len(recorded)} recorded + {len(new)} new good images")
+        before = dict(detector.categories_[category].thresholds.values)
+        model = _fit_category(detector, category, [*recorded, *new], log)
+        for line in _threshold_changes(before, model.thresholds.values):
+            log(line)
+        detector.save(out)
+    log(f"model written to {out}")
+    return detector
+
+
+def set_thresholds(out: str | Path, categories: list[str] | None = None, *, false_reject_rate: float | None = None,
+                   value: float | None = None, score: str | None = None, lock_timeout: float | None = None,
+                   log: Callable[[str], None] = print) -> Detector:
+    """Re-derive the thresholds of ``categories`` (default all) of the model in ``out`` for another
+    false-reject rate, or set one score's threshold to ``value``; no refit, no backbone needed."""
+    out = Path(out)
+    with exclusive(out, timeout=lock_timeout, log=log):
+        recover(out, log=log)
+        detector = Detector.load(out, progress=False)
+        for name in categories or sorted(detector.categories_):
+            detector._require_fitted(name)
+            before = dict(detector.categories_[name].thresholds.values)
+            t = detector.set_thresholds(name, false_reject_rate=false_reject_rate, value=value, score=score)
+            how = f"false-reject rate {false_reject_rate:g} over {t.n_images} {t.method} train-good scores" \
+                if value is None else f"{score or detector.config.decision_score} set to {value:g}"
+            log(f"{name}: {how}")
+            for line in _threshold_changes(before, t.values):
+                log(line)
+            for note in t.warnings():
+                log(f"{name}: warning: {note}")
         detector.save(out)
     log(f"model written to {out}")
     return detector
@@ -126,8 +200,9 @@ def _save_npy(path: Path, array: np.ndarray):
 
 
 COLUMNS = ("image", "category", *(f"{k}_score" for k in SCORES), *(f"{k}_threshold" for k in SCORES),
-           "decision", "map", "overlay", "error")
-_NUMBERS = {c for c in COLUMNS if c.endswith(("_score", "_threshold"))}
+           *(f"{k}_normalised" for k in SCORES), "decision", "pixel_threshold", "regions", "map", "overlay", "mask",
+           "error")
+_NUMBERS = {c for c in COLUMNS if c.endswith(("_score", "_threshold", "_normalised"))}
 RESULTS = "predictions.csv"
 RUN_RECORD = "predictions.run.json"
 
@@ -138,9 +213,13 @@ def prediction_row(pred: Prediction, name: str) -> dict:
         "category": pred.category,
         **{f"{k}_score": v for k, v in pred.scores.items()},
         **{f"{k}_threshold": v for k, v in pred.thresholds.items()},
+        **{f"{k}_normalised": v for k, v in pred.normalised_scores.items()},
         "decision": pred.decision,
+        "pixel_threshold": pred.pixel_threshold,
+        "regions": json.dumps([r.as_dict() for r in pred.regions]),
         "map": f"maps/{name}.npy",
         "overlay": f"overlays/{name}.png",
+        "mask": f"masks/{name}.png" if pred.is_anomalous else "",
         "error": "",
     }
 
@@ -157,7 +236,7 @@ def run_key(detector: Detector, category: str | None) -> str:
         "precision": detector.precision,
         "weights": getattr(detector.weights_info_, "sha256", None),
         "category": category,
-        "categories": {n: [m.calibration.lam, m.calibration.thresholds, list(m.bank.shape), float(m.bank.double().sum())]
+        "categories": {n: [m.calibration.lam, m.thresholds.values, list(m.bank.shape), float(m.bank.double().sum())]
                        for n, m in sorted(detector.categories_.items())},
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
@@ -210,7 +289,8 @@ def _reusable(out: Path, row: dict, name: str) -> bool:
     image, with its map and overlay on disk."""
     return (not row["error"] and None not in (row["base_score"], row["hybrid_score"])
             and row["map"] == f"maps/{name}.npy" and row["overlay"] == f"overlays/{name}.png"
-            and (out / row["map"]).is_file() and (out / row["overlay"]).is_file())
+            and (out / row["map"]).is_file() and (out / row["overlay"]).is_file()
+            and (not row["mask"] or (out / row["mask"]).is_file()))
 
 
 def _score_chunk(detector: Detector, paths: list[Path], category: str | None) -> list[Prediction | DataError]:
@@ -233,7 +313,9 @@ def _csv_line(row: dict) -> str:
 def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path, category: str | None = None, *,
                   lock_timeout: float | None = None, log: Callable[[str], None] = print,
                   warn: Callable[[str], None] | None = None) -> list[dict]:
-    """Score image files/folders; write ``predictions.csv|json``, ``maps/*.npy`` and ``overlays/*.png``.
+    """Score image files/folders; write ``predictions.csv|json``, ``maps/*.npy`` and ``overlays/*.png``
+    (both in the original image's frame; the map is NaN outside the model's crop) and, for rejected
+    images, ``masks/*.png`` (the defect regions, 255 on 0).
 
     Every readable image is scored; one that cannot be read gets a row with decision ``error`` and the
     reason (also passed to ``warn``, default stderr). Rows are appended to ``predictions.csv`` as images are
@@ -249,7 +331,6 @@ def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path,
     if category is not None:
         detector._require_fitted(category)
     out = check_writable_folder(out, "--out")
-    preprocess = detector.config.preprocess
     with exclusive(out, timeout=lock_timeout, log=log):
         key = run_key(detector, category)
         earlier = _earlier_rows(out, key)
@@ -271,7 +352,7 @@ def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path,
             for start in range(0, len(todo), step):
                 chunk = todo[start : start + step]
                 for path, result in zip(chunk, _score_chunk(detector, chunk, category)):
-                    row = _write_outputs(out, preprocess, path, result, names[str(path)])
+                    row = _write_outputs(out, path, result, names[str(path)])
                     if row["error"]:
                         warn(row["error"])
                     new[row["image"]] = row
@@ -286,7 +367,7 @@ def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path,
         writer.writeheader()
         writer.writerows(everything)
         atomic_write_text(out / RESULTS, text.getvalue())
-        atomic_write_json(out / "predictions.json", everything)
+        atomic_write_json(out / "predictions.json", [_json_row(r) for r in everything])
     for r in rows:
         if r["error"]:
             log(f"{'error':<7} {'-':<12} {'':<12}  {r['image']}")
@@ -302,16 +383,26 @@ def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path,
     return rows
 
 
-def _write_outputs(out: Path, preprocess, path: Path, result: Prediction | DataError, name: str) -> dict:
-    """Write one image's map and overlay; its row (a failure row if it could not be read)."""
+def _json_row(row: dict) -> dict:
+    """A results row for predictions.json: the regions as a list of objects, not JSON text."""
+    return {**row, "regions": json.loads(row["regions"]) if row.get("regions") else None}
+
+
+def _write_outputs(out: Path, path: Path, result: Prediction | DataError, name: str) -> dict:
+    """Write one image's map and overlay (original frame) and, if rejected, its defect mask; its row (a
+    failure row if it could not be read)."""
     if isinstance(result, DataError):
         return failure_row(path, result)
     try:
-        view = preprocess.view(load_image(result.path))
+        image = load_image(result.path)
     except DataError as e:  # changed or removed since it was scored
         return failure_row(path, e)
-    atomic_write(out / "maps" / f"{name}.npy", lambda tmp, m=result.anomaly_map: _save_npy(tmp, m))
-    vmin, vmax = color_range(result.thresholds["base"])
-    picture = overlay(view, result.anomaly_map, vmin, vmax)
-    atomic_write(out / "overlays" / f"{name}.png", lambda tmp, im=picture: im.save(tmp, format="PNG"))
-    return prediction_row(result, name)
+    original = result.original_map()
+    atomic_write(out / "maps" / f"{name}.npy", lambda tmp: _save_npy(tmp, original))
+    picture = overlay_original(image, result)
+    atomic_write(out / "overlays" / f"{name}.png", lambda tmp: picture.save(tmp, format="PNG"))
+    row = prediction_row(result, name)
+    if row["mask"]:
+        mask = Image.fromarray(region_mask(original, result.pixel_threshold).astype(np.uint8) * 255)
+        atomic_write(out / row["mask"], lambda tmp: mask.save(tmp, format="PNG"))
+    return row

@@ -25,9 +25,13 @@ from safetensors.torch import load_file, save_file
 from .version import __version__
 from .errors import ModelFileError
 from .files import exclusive, fault_point, fsync_path, new_file_mode, sha256_file
+from .scoring import SCORES
+from .thresholds import PIXEL, THRESHOLD_CALIBRATIONS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: The scores a category's threshold calibration keeps (tensors ``threshold_scores_<name>``).
+THRESHOLD_SCORES = (*SCORES, PIXEL)
 
 
 def _leftovers(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -190,6 +194,17 @@ def check_detector_manifest(folder: Path, manifest: dict, scores: tuple[str, ...
         t = e.get("thresholds")
         _expect(isinstance(t, dict) and set(t) == set(scores) and all(_number(v) for v in t.values()),
                 path, f"{where}.thresholds", f"an object of {', '.join(scores)} -> number")
+        _expect(_number(e.get("pixel_threshold")), path, f"{where}.pixel_threshold",
+                "a number (models from before threshold calibration: refit them)")
+        how = e.get("threshold_calibration")
+        _expect(isinstance(how, dict) and how.get("method") in THRESHOLD_CALIBRATIONS
+                and _number(how.get("false_reject_rate")) and 0 < how["false_reject_rate"] < 1
+                and isinstance(how.get("set_by"), dict) and set(how["set_by"]) == {*scores, PIXEL}
+                and all(v in ("rate", "value") for v in how["set_by"].values())
+                and isinstance(how.get("notes", []), list) and all(isinstance(x, str) for x in how.get("notes", [])),
+                path, f"{where}.threshold_calibration",
+                f"an object with method ({', '.join(THRESHOLD_CALIBRATIONS)}), false_reject_rate in (0, 1), set_by "
+                "and notes (a list of strings)")
         _expect(isinstance(e.get("train_images"), list) and all(isinstance(x, str) for x in e["train_images"]),
                 path, f"{where}.train_images", "a list of strings")
         _expect(isinstance(e.get("warnings", []), list) and all(isinstance(x, str) for x in e.get("warnings", [])),
@@ -206,12 +221,15 @@ def _check_shapes(folder: Path, manifest: dict, files: dict[str, dict[str, torch
         tensors = files.get(entry.get("file")) if isinstance(entry.get("file"), str) else None
         if tensors is None:
             raise ModelFileError(f"{folder}: category {name!r} names file {entry.get('file')!r}, which is not in the model")
-        for key in ("bank", "bank_source", "prototypes", "mu", "sigma"):
+        for key in ("bank", "bank_source", "prototypes", "mu", "sigma", *(f"threshold_scores_{k}" for k in THRESHOLD_SCORES)):
             if key not in tensors:
                 raise ModelFileError(f"{folder / entry['file']} lacks tensor {key!r}")
         bank = tensors["bank"]
         if bank.ndim != 2 or tensors["bank_source"].ndim != 1 or tensors["prototypes"].ndim != 2:
             raise ModelFileError(f"{folder / entry['file']}: bank, bank_source or prototypes has the wrong number of dimensions")
+        if len({tuple(tensors[f"threshold_scores_{k}"].shape) for k in THRESHOLD_SCORES}) != 1 \
+                or tensors["threshold_scores_base"].ndim != 1:
+            raise ModelFileError(f"{folder / entry['file']}: the threshold calibration scores must be vectors of one size")
         if tensors["mu"].ndim != 1 or tensors["mu"].shape != tensors["sigma"].shape:
             raise ModelFileError(f"{folder / entry['file']}: mu and sigma must be vectors of one size")
         if dim is not None and bank.shape[1] != dim:

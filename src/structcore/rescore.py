@@ -22,6 +22,7 @@ from .files import atomic_write_text
 from .maps import POOLINGS, pool
 from .scoring import SCORES
 from .structure import COMPONENTS, DISTANCES, StructCalibration, descriptor
+from .thresholds import Thresholds, check_rate
 
 
 def _real(x) -> bool:
@@ -31,11 +32,14 @@ def _real(x) -> bool:
 class StructCoreScorer:
     """Fits StructCore's statistics, lambda and thresholds on train-good maps; scores test maps.
 
+    The thresholds are in-sample (:mod:`structcore.thresholds`): the train maps are all there is, so they
+    are optimistic when the train maps were scored against a bank holding the train images themselves.
+
     Maps may differ in size between images (each map's descriptor is computed on its own).
     """
 
     def __init__(self, components=COMPONENTS, top_ratio: float = 0.01, distance: str = "mahalanobis",
-                 lam: float | None = None, quantile: float = 0.995, pooling: str = "max"):
+                 lam: float | None = None, false_reject_rate: float = 0.01, pooling: str = "max"):
         components = tuple(components)
         checks = (
             (distance in DISTANCES, f"distance must be one of {DISTANCES}, got {distance!r}"),
@@ -43,16 +47,16 @@ class StructCoreScorer:
             (len(components) > 0 and set(components) <= set(COMPONENTS) and len(set(components)) == len(components),
              f"components must be distinct names from {COMPONENTS}, got {components}"),
             (_real(top_ratio) and 0 < top_ratio <= 1, f"top_ratio must be in (0, 1], got {top_ratio!r}"),
-            (_real(quantile) and 0 < quantile <= 1, f"threshold quantile must be in (0, 1], got {quantile!r}"),
             (lam is None or (_real(lam) and 0 <= lam < float("inf")), f"lam must be >= 0 or None (lambda_auto), got {lam!r}"),
         )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         self.components, self.top_ratio, self.distance = components, top_ratio, distance
-        self.lam, self.quantile, self.pooling = lam, quantile, pooling
+        self.lam, self.false_reject_rate, self.pooling = lam, check_rate(false_reject_rate), pooling
         self.calibration_: StructCalibration | None = None
         self.train_scores_: dict[str, np.ndarray] | None = None
+        self._thresholds: Thresholds | None = None
 
     def _describe(self, maps) -> tuple[np.ndarray, np.ndarray]:
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
@@ -70,9 +74,10 @@ class StructCoreScorer:
     def fit(self, train_maps: Iterable[np.ndarray]) -> StructCoreScorer:
         phi, base = self._describe(train_maps)
         self.calibration_ = StructCalibration.fit(
-            phi, base, self.components, self.top_ratio, self.distance, self.lam, self.quantile
+            phi, base, self.components, self.top_ratio, self.distance, self.lam
         )
         self.train_scores_ = self.calibration_.scores_from_descriptors(phi, base)
+        self._thresholds = Thresholds.from_scores("in-sample", self.train_scores_, self.false_reject_rate)
         return self
 
     def score(self, maps: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,8 +91,9 @@ class StructCoreScorer:
 
     @property
     def thresholds_(self) -> dict[str, float]:
+        """The thresholds of the three scores for the false-reject rate (in-sample order statistics)."""
         self._require_fitted()
-        return dict(self.calibration_.thresholds)
+        return dict(self._thresholds.values)
 
 
 @dataclass
@@ -141,7 +147,8 @@ def rescore_folders(train_dir: str | Path, test_dir: str | Path, out: str | Path
         lines.append(f"{p.relative_to(test_dir)},{label},{values},{decisions}")
     atomic_write_text(out / "rescored.csv", "\n".join(lines) + "\n")
     scored = ScoreFile(
-        category=name, coreset_ratio=None, calibration="in-sample", quantile=scorer.quantile,
+        category=name, coreset_ratio=None, calibration="in-sample", false_reject_rate=scorer.false_reject_rate,
+        threshold_calibration="in-sample",
         lam=scorer.calibration_.lam, thresholds=thresholds, train_paths=[str(p) for p in train.paths],
         train=scorer.train_scores_, paths=[str(p) for p in test.paths], labels=test.labels,
         defect_types=test.defect_types, test={s: np.asarray(v, np.float64) for s, v in scores.items()},

@@ -26,11 +26,13 @@ class ScoredImages:
     """A batch of images scored against one category.
 
     ``phi_map`` / ``phi_grid``: the descriptor (all :data:`~structcore.structure.COMPONENTS`) of the final
-    maps and of the raw kNN grids; ``maps`` is None when not kept; ``scores`` is None without calibration.
+    maps and of the raw kNN grids; ``peak``: each final map's maximum; ``maps`` is None when not kept;
+    ``scores`` is None without calibration.
     """
 
     grids: torch.Tensor
     base: np.ndarray
+    peak: np.ndarray
     phi_map: np.ndarray
     phi_grid: np.ndarray
     maps: np.ndarray | None = None
@@ -99,18 +101,18 @@ class ScoringPipeline:
             grids = self.grids(bank, features, exclude_images)
         with self._stage("post"):
             parts = [self._post(grids[s : s + chunk], keep_maps) for s in range(0, len(grids), chunk)]
-            base = np.concatenate([p[0] for p in parts])
-            phi_map = np.concatenate([p[1] for p in parts])
-            maps = np.concatenate([p[2] for p in parts]) if keep_maps else None
+            base, peak, phi_map = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            maps = np.concatenate([p[3] for p in parts]) if keep_maps else None
             phi_grid = descriptor(grids.numpy(), COMPONENTS, cfg.top_ratio)
-            scored = ScoredImages(grids=grids, base=base, phi_map=phi_map, phi_grid=phi_grid, maps=maps)
+            scored = ScoredImages(grids=grids, base=base, peak=peak, phi_map=phi_map, phi_grid=phi_grid, maps=maps)
             if calibration is not None:
                 scored.scores = self.scores(calibration, scored)
         return scored
 
     def _post(self, grids: torch.Tensor, keep_maps: bool):
         maps = self.maps(grids)
-        return pool(maps, self.config.pooling), descriptor(maps, COMPONENTS, self.config.top_ratio), maps if keep_maps else None
+        phi = descriptor(maps, COMPONENTS, self.config.top_ratio)
+        return pool(maps, self.config.pooling), maps.max((1, 2)), phi, maps if keep_maps else None
 
     def scores(self, calibration: StructCalibration, scored: ScoredImages) -> dict[str, np.ndarray]:
         """Base, struct and hybrid scores of scored images under ``calibration``."""
@@ -118,11 +120,11 @@ class ScoringPipeline:
         return calibration.scores_from_descriptors(phi, scored.base)
 
     def calibrate(self, scored: ScoredImages, ids: np.ndarray) -> tuple[StructCalibration, CalibrationRecord]:
-        """StructCore's statistics and thresholds from scored train-good images (``ids``: their indices)."""
+        """StructCore's statistics from scored train-good images (``ids``: their indices)."""
         cfg = self.config
         phi = select_components(scored.phi(cfg.descriptor_on), cfg.components)
         calibration = StructCalibration.fit(
-            phi, scored.base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam, cfg.quantile
+            phi, scored.base, cfg.components, cfg.top_ratio, cfg.distance, cfg.lam
         )
         record = CalibrationRecord(
             ids=np.asarray(ids, dtype=np.int64),

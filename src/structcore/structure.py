@@ -9,14 +9,11 @@ manifest): when D_struct has (almost) no spread over the calibration images (two
 diagonal-Mahalanobis distance sqrt(len(components))), or a descriptor dimension has a standard deviation
 below :data:`REL_SPREAD` times its mean (near-identical images: sigma ~ 1e-9 turns any other image into a
 D_struct of 1e5+), lambda_auto falls back to **0**, so the hybrid score is the base score; a fixed ``lam``
-is kept and warned about. When the calibration images are too few to resolve the threshold quantile
-(fewer than ``1 / (1 - quantile)``), the thresholds are kept and the warning says which share of the train
-images scores above them and how many images are needed.
+is kept and warned about. The decision thresholds are calibrated separately (:mod:`structcore.thresholds`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,7 +79,7 @@ def structural_distance(phi: np.ndarray, mu: np.ndarray, sigma: np.ndarray, kind
 
 @dataclass
 class StructCalibration:
-    """Train-good statistics of one category: phi mean/std, lambda, and the three score thresholds."""
+    """Train-good statistics of one category: phi mean/std and lambda."""
 
     components: tuple[str, ...]
     top_ratio: float
@@ -90,7 +87,6 @@ class StructCalibration:
     mu: np.ndarray
     sigma: np.ndarray
     lam: float
-    thresholds: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # what is degenerate about this calibration (see module)
 
     @classmethod
@@ -102,7 +98,6 @@ class StructCalibration:
         top_ratio: float = 0.01,
         distance: str = "mahalanobis",
         lam: float | None = None,
-        quantile: float = 0.995,
     ) -> StructCalibration:
         """Fit on train-good descriptors ``phi`` ``[N, len(components)]`` (columns in ``components``'
         order) and base scores ``[N]``; ``lam=None`` means lambda_auto (eq. 11)."""
@@ -133,19 +128,7 @@ class StructCalibration:
                          "fit on more, and more varied, good images")
         elif lam is None:
             lam = float(np.std(base) / (np.std(d) + EPS))
-        calib = cls(tuple(components), top_ratio, distance, mu, sigma, float(lam), thresholds={})
-        scores = calib.combine(base, d)
-        calib.thresholds = {name: float(np.quantile(s, quantile)) for name, s in scores.items()}
-        needed = math.ceil(1 / (1 - quantile) - 1e-9) if quantile < 1 else 1
-        if n < needed:
-            above = max(float(np.mean(s > calib.thresholds[k])) for k, s in scores.items())
-            notes.append(
-                f"{n} calibration images are too few for the {quantile} threshold quantile (it needs at least "
-                f"{needed}): up to {above:.0%} of the train images score above a threshold, not {1 - quantile:.1%}; "
-                f"fit on at least {needed} good images, or lower --quantile to {1 - 1 / n:.3g} or less"
-            )
-        calib.warnings = notes
-        return calib
+        return cls(tuple(components), top_ratio, distance, mu, sigma, float(lam), warnings=notes)
 
     @classmethod
     def from_maps(cls, maps: np.ndarray, base: np.ndarray, components: tuple[str, ...] = COMPONENTS,

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import evaluation
 from ..evaluation import DEFAULT_LAMBDAS, Ablations, BenchmarkOptions, Runtime, load_categories, run_benchmark
 from ..files import check_writable_folder, exclusive
+from ..thresholds import THRESHOLD_CALIBRATIONS
 from .options import add_lock_option, add_model_options, add_runtime_options, config_from_args, runtime_from_args
 
 
@@ -48,6 +49,8 @@ def register(sub) -> argparse.ArgumentParser:
     g.add_argument("--no-feature-cache", action="store_true", help="extract features every time, store nothing")
     g.add_argument("--max-maps", type=int, default=8, help="test maps saved per category for figures")
     g.add_argument("--no-report", action="store_true", help="do not write figures and report.html")
+    g.add_argument("--compare-thresholds", nargs="+", choices=THRESHOLD_CALIBRATIONS, default=list(THRESHOLD_CALIBRATIONS),
+                   help="threshold calibrations whose decisions are compared (default: all)")
     a = p.add_argument_group("ablations (class-separated, primary coreset ratio)")
     a.add_argument("--ablate-components", action="store_true", help="the 7 subsets of phi (Tables 5, 7)")
     a.add_argument("--ablate-distances", action="store_true", help="the 7 structural distances (Table 6)")
@@ -97,6 +100,7 @@ def run(args):
         dataset=args.dataset,
         data_root=args.data,
         write_report=not args.no_report,
+        threshold_calibrations=tuple(args.compare_thresholds),
     )
     check_writable_folder(args.out, "--out")
     with exclusive(args.out, timeout=args.lock_timeout, log=print):  # one benchmark per --out at a time

@@ -9,6 +9,7 @@ from dataclasses import fields
 from ..config import CALIBRATIONS, DetectorConfig
 from ..maps import POOLINGS
 from ..structure import COMPONENTS, DISTANCES
+from ..thresholds import THRESHOLD_CALIBRATIONS
 
 
 # -- argument types: a bad value is an argparse error naming the option, before any work starts --------
@@ -31,6 +32,7 @@ integer = _number(int, lambda v: True, "an integer")
 nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 open_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+finite_float = _number(float, lambda v: True, "a finite number")
 
 
 class _Given(argparse.Action):
@@ -68,7 +70,12 @@ def add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration)
     g.add_argument("--heldout-fraction", type=open_fraction, default=d.heldout_fraction,
                    help="share of train images held out for --calibration held-out")
-    g.add_argument("--quantile", type=fraction, default=d.quantile, help="threshold quantile of train-good scores")
+    g.add_argument("--threshold-calibration", choices=THRESHOLD_CALIBRATIONS, default=d.threshold_calibration,
+                   help="how the train-good scores the thresholds come from are made (default %(default)s)")
+    g.add_argument("--threshold-folds", type=positive_int, default=d.threshold_folds,
+                   help="folds of --threshold-calibration k-fold")
+    g.add_argument("--false-reject-rate", type=open_fraction, default=d.false_reject_rate,
+                   help="share of good images you accept to see rejected (default %(default)s)")
     g.add_argument("--descriptor-on", choices=["map", "grid"], default=d.descriptor_on,
                    help="compute phi on the final map or on the raw kNN grid")
     g.add_argument("--routing-prototypes", type=positive_int, default=d.routing_prototypes)

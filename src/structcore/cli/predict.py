@@ -7,7 +7,8 @@ import sys
 from ..detector import Detector
 from ..files import check_writable_folder
 from ..jobs import predict_files
-from .options import add_lock_option, add_runtime_options, runtime_from_args
+from ..errors import ConfigError
+from .options import add_lock_option, add_runtime_options, finite_float, open_fraction, runtime_from_args
 
 
 def register(sub):
@@ -17,6 +18,10 @@ def register(sub):
     p.add_argument("--category", help="category of all inputs (default: routed per image)")
     p.add_argument("--out", default="predictions", help="output folder (default %(default)s); a rerun into the same "
                    "folder with the same model skips the images already scored there")
+    p.add_argument("--false-reject-rate", type=open_fraction,
+                   help="for this run: thresholds re-derived for this false-reject rate (the model is unchanged)")
+    p.add_argument("--threshold", type=finite_float, help="for this run: the decision score's threshold (with "
+                   "--category: that category's; otherwise every category's)")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 if any image could not be scored (default: score the others, list it)")
     add_lock_option(p)
@@ -26,7 +31,12 @@ def register(sub):
 
 def run(args) -> int:
     check_writable_folder(args.out, "--out")  # before the model and the backbone are loaded
+    if args.false_reject_rate is not None and args.threshold is not None:
+        raise ConfigError("give --false-reject-rate or --threshold, not both")
     detector = Detector.load(args.model, **runtime_from_args(args))
+    if args.false_reject_rate is not None or args.threshold is not None:
+        for name in [args.category] if args.category else sorted(detector.categories_):
+            detector.set_thresholds(name, false_reject_rate=args.false_reject_rate, value=args.threshold)
     rows = predict_files(detector, args.inputs, args.out, category=args.category, lock_timeout=args.lock_timeout)
     failed = sum(bool(r["error"]) for r in rows)
     if failed and args.strict:

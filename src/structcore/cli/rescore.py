@@ -17,13 +17,14 @@ def register(sub):
     p.add_argument("--top-ratio", type=float, default=0.01)
     p.add_argument("--distance", choices=DISTANCES, default="mahalanobis")
     p.add_argument("--lam", type=float, default=None, help="fixed hybrid weight (default: lambda_auto)")
-    p.add_argument("--quantile", type=float, default=0.995, help="threshold quantile of train-good scores")
+    p.add_argument("--false-reject-rate", type=float, default=0.01,
+                   help="share of good images you accept to see rejected (thresholds from the train maps)")
     p.add_argument("--pooling", choices=POOLINGS, default="max", help="base score of a map")
     p.set_defaults(func=run)
 
 
 def run(args):
-    scorer = StructCoreScorer(args.components, args.top_ratio, args.distance, args.lam, args.quantile, args.pooling)
+    scorer = StructCoreScorer(args.components, args.top_ratio, args.distance, args.lam, args.false_reject_rate, args.pooling)
     s = rescore_folders(args.train_maps, args.test_maps, args.out, args.name, scorer)
     t = s["thresholds"]
     print(f"{args.name}: fitted on {s['n_train']} train-good maps, lambda {s['lambda']:.4g}, "

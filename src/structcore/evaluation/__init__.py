@@ -24,11 +24,13 @@ from ..feature_cache import FeatureCache, default_folder
 from ..features import resolve_precision
 from ..images import load_image
 from ..scoring import ScoredImages
+from ..thresholds import THRESHOLD_CALIBRATIONS
 from ..weights import WeightsInfo
 from . import artifacts
 from .ablations import (
     DEFAULT_LAMBDAS, Ablations, Collected, category_ablations, coreset_summary, layer_sets, layer_sweep, ordered,
 )
+from .decisions import pooled
 from .protocol import (
     EvaluatedCategory, FeatureSource, FittedCategory, RatioEvaluation, Setup, Timer, evaluate_category,
     fit_category, log, mean_of, number_text,
@@ -64,6 +66,8 @@ class BenchmarkOptions:
     ``coreset_ratios``: the ratios to fit (empty: the config's); the first is the primary one (headline,
     score files, maps, ablations). ``feature_cache``: a folder, ``"default"`` (``<structcore
     cache>/features``) or None (no cache). ``max_maps``: test images kept per category in ``maps/``.
+    ``threshold_calibrations``: the threshold calibrations whose decisions are compared (the config's
+    own is always among them).
     """
 
     coreset_ratios: tuple[float, ...] = ()
@@ -73,6 +77,7 @@ class BenchmarkOptions:
     dataset: str = "custom"
     data_root: str | Path | None = None
     write_report: bool = True
+    threshold_calibrations: tuple[str, ...] = THRESHOLD_CALIBRATIONS
 
 
 def load_categories(
@@ -205,6 +210,7 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
         timer=timer,
         new_detector=lambda cfg: Detector(cfg, **{**detector_kwargs, "progress": False}),
         calibration_ablation=options.ablations.calibration,
+        threshold_calibrations=tuple(dict.fromkeys((config.threshold_calibration, *options.threshold_calibrations))),
     )
     return weights_info, setup
 
@@ -223,6 +229,10 @@ def _add_means(blocks: dict) -> None:
     for setting in SETTINGS:
         for block in blocks[setting].values():
             block["mean"] = mean_of(list(block["categories"].values()))
+    for block in blocks["class_separated"].values():
+        cats = [c for c in block["categories"].values() if c.get("decisions")]
+        if cats:
+            block["mean"]["decisions"] = {m: pooled([c["decisions"][m] for c in cats]) for m in cats[0]["decisions"]}
     for routed in blocks["routed"].values():
         total = sum(c["n_test"] for c in routed["categories"].values())
         right = sum(c["routed_to"].get(name, 0) for name, c in routed["categories"].items())
@@ -258,10 +268,13 @@ def _ablation_blocks(setup: Setup, categories: list[Category], options: Ablation
 
 
 def _score_file(cat: Category, det: Detector, fit: FittedCategory, r: RatioEvaluation, labels) -> ScoreFile:
-    cfg, cal, record = det.config, det.categories_[cat.name].calibration, fit.calibration
+    cfg, model, record = det.config, det.categories_[cat.name], fit.calibration
+    t = model.thresholds
     return ScoreFile(
-        category=cat.name, coreset_ratio=cfg.coreset_ratio, calibration=cfg.calibration, quantile=cfg.quantile,
-        lam=cal.lam, thresholds=dict(cal.thresholds),
+        category=cat.name, coreset_ratio=cfg.coreset_ratio, calibration=cfg.calibration,
+        threshold_calibration=t.method, false_reject_rate=t.false_reject_rate,
+        lam=model.calibration.lam, thresholds={s: t.values[s] for s in SCORES},
+        threshold_train={s: t.scores[s] for s in SCORES},
         train_paths=[str(cat.train[i]) for i in record.ids], train=record.scores,
         paths=[str(s.path) for s in cat.test], labels=labels, defect_types=[s.defect for s in cat.test],
         test=r.scored.scores, routed_to=r.routing.routes, routed=r.routing.scores,
@@ -277,7 +290,7 @@ def _map_file(cat: Category, det: Detector, scored: ScoredImages, masks, chosen:
         paths=[str(cat.test[i].path) for i in chosen], labels=np.array([cat.test[i].label for i in chosen]),
         defect_types=[cat.test[i].defect for i in chosen], indices=np.array(chosen),
         scores={s: np.asarray(scored.scores[s])[chosen] for s in SCORES},
-        thresholds=dict(det.categories_[cat.name].calibration.thresholds),
+        thresholds={s: det.categories_[cat.name].thresholds.values[s] for s in SCORES},
     )
 
 
@@ -294,6 +307,7 @@ def _timings(setup: Setup, wall: float) -> dict:
         "metrics_s": t.get("metrics"),
         "ablations_s": t.get("ablations"),
         "ablations": {n: t.get(f"ablation:{n}") for n in ABLATIONS if f"ablation:{n}" in t.totals},
+        "threshold_calibration_s": {m: t.get(f"threshold_calibration[{m}]") for m in setup.threshold_calibrations},
         "categories": setup.category_timings,
     }
 

@@ -86,7 +86,7 @@ def refit(train: Described, test: Described, config: DetectorConfig, *, componen
     components = components or config.components
     on = on or config.descriptor_on
     cal = StructCalibration.fit(select_components(_phi(train, on), components), train.base, components,
-                                config.top_ratio, distance or config.distance, lam, config.quantile)
+                                config.top_ratio, distance or config.distance, lam)
     return cal, cal.scores_from_descriptors(select_components(_phi(test, on), components), test.base)
 
 

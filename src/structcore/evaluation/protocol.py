@@ -29,6 +29,8 @@ from ..images import image_size, load_mask
 from ..metrics import image_metrics as _image_metrics
 from ..metrics import pixel_metrics as _pixel_metrics
 from ..scoring import CalibrationRecord, ScoredImages
+from ..thresholds import PIXEL, Thresholds
+from .decisions import decision_counts, pixel_decisions
 from .schema import IMAGE_KEYS, PIXEL_KEYS, SCORES, to_json
 
 
@@ -157,6 +159,7 @@ class Setup:
     timer: Timer
     new_detector: Callable[[DetectorConfig], Detector]
     calibration_ablation: bool = False
+    threshold_calibrations: tuple[str, ...] = ()
     category_timings: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -171,12 +174,14 @@ class Setup:
 # -- phase A: fit -------------------------------------------------------------------------------------------
 @dataclass
 class FittedCategory:
-    """A category after fitting: what the primary model calibrated on and, for the calibration ablation,
-    a model whose bank holds every train image (``reference``), the train images scored against it
-    in-sample and leave-one-image-out, and a model with a held-out calibration split."""
+    """A category after fitting: what the primary model calibrated on, the thresholds of every threshold
+    calibration compared (by coreset setting, then method) and, for the calibration ablation, a model whose
+    bank holds every train image (``reference``), the train images scored against it in-sample and
+    leave-one-image-out, and a model with a held-out calibration split."""
 
     name: str
     calibration: CalibrationRecord
+    thresholds: dict[str, dict[str, Thresholds]] = field(default_factory=dict)
     reference: Detector | None = None
     in_sample: ScoredImages | None = None
     leave_one_out: ScoredImages | None = None
@@ -198,6 +203,13 @@ def fit_category(setup: Setup, cat: Category) -> FittedCategory:
         log(f"{cat.name}: fitted coreset {key}: bank {len(model.bank)} of {feats.shape[0] * feats.shape[1]} patches "
             f"({time.perf_counter() - t0:.1f} s), lambda {model.calibration.lam:.4g}")
     fitted = FittedCategory(cat.name, primary.categories_[cat.name].calibration_record)
+    for key, det in setup.detectors.items():
+        model, own = det.categories_[cat.name], det.config.threshold_calibration
+        fitted.thresholds[key] = {}
+        for method in setup.threshold_calibrations:
+            with setup.timer(f"threshold_calibration[{method}]"):
+                fitted.thresholds[key][method] = model.thresholds if method == own else det.calibrate_thresholds(
+                    feats, det.memory_bank(cat.name), model.calibration, method)
     if setup.calibration_ablation:
         with setup.timer("ablations", "ablation:calibration"):
             cfg = setup.config
@@ -229,12 +241,18 @@ class CategoryMetrics:
     lam: float
     thresholds: dict[str, float]
     routed_to: dict[str, int] | None = None
+    decisions: dict[str, dict] | None = None  # by threshold calibration (class-separated only)
+    pixel_threshold: dict[str, dict] | None = None  # by threshold calibration: the pixel threshold's F1 etc.
 
     def to_json(self) -> dict:
         out = {"image": self.image, "pixel": self.pixel, "routing_accuracy": self.routing_accuracy, **self.counts,
                "bank_size": self.bank_size, "lambda": self.lam, "thresholds": dict(self.thresholds)}
         if self.routed_to is not None:
             out["routed_to"] = self.routed_to
+        if self.decisions is not None:
+            out["decisions"] = self.decisions
+        if self.pixel_threshold is not None:
+            out["pixel_threshold"] = self.pixel_threshold
         return to_json(out)
 
 
@@ -309,11 +327,14 @@ def evaluate_category(setup: Setup, cat: Category, fitted: FittedCategory) -> Ev
         ct[f"scoring_s[{key}]"] = round(time.perf_counter() - t0, 3)
         model = det.categories_[cat.name]
         common = dict(counts=counts, bank_size=len(model.bank), lam=model.calibration.lam,
-                      thresholds=dict(model.calibration.thresholds))
+                      thresholds={s: model.thresholds.values[s] for s in SCORES})
         t0 = time.perf_counter()
         with setup.timer("metrics"):
             image, pixel = image_metrics(labels, scored.scores), pixel_metrics(masks, scored.maps)
-            separated = CategoryMetrics(image, pixel, None, **common)
+            decisions = {m: decision_counts(labels, scored.scores, t.values) for m, t in fitted.thresholds[key].items()}
+            at_pixel = None if pixel is None else {
+                m: pixel_decisions(masks, scored.maps, t.values[PIXEL]) for m, t in fitted.thresholds[key].items()}
+            separated = CategoryMetrics(image, pixel, None, decisions=decisions or None, pixel_threshold=at_pixel, **common)
             if routing.scores is not scored.scores:
                 image, pixel = image_metrics(labels, routing.scores), pixel_metrics(masks, routing.maps)
             routed = CategoryMetrics(image, pixel, float(np.mean([r == cat.name for r in routing.routes])),

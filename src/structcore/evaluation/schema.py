@@ -6,7 +6,7 @@ definitions. A benchmark folder ``DIR`` holds:
 ``results.json``::
 
     {
-      "schema": 1, "dataset": "mvtec", "data_root": "...", "category_names": ["bottle", "screw"],
+      "schema": 2, "dataset": "mvtec", "data_root": "...", "category_names": ["bottle", "screw"],
       "categories": {...}, "mean": {...},       # headline: results.class_separated[primary], with
                                                 # routing_accuracy(+_overall) taken from the routed setting
       "config": {...DetectorConfig...},          # coreset_ratio is the first (primary) ratio
@@ -64,7 +64,7 @@ import numpy as np
 
 from ..errors import StructcoreError
 
-SCHEMA = 1
+SCHEMA = 2
 RESULTS_FILE = "results.json"
 SCORES_DIR = "scores"
 MAPS_DIR = "maps"
@@ -134,7 +134,8 @@ def read_results(folder: str | Path) -> dict:
 class ScoreFile:
     """One ``scores/<category>.json``: image scores of the primary coreset ratio.
 
-    ``train*``: the train-good images StructCore was calibrated on; ``paths``, ``labels`` (1 defective,
+    ``train*``: the train-good images StructCore was calibrated on; ``threshold_train``: their scores in
+    the threshold calibration (``threshold_calibration``) the ``thresholds`` come from; ``paths``, ``labels`` (1 defective,
     0 good), ``defect_types``, ``test``: the test images scored against their own category; ``routed_to``
     and ``routed``: the category each was routed to and its scores there. ``structcore rescore`` writes
     the same file without routing (None) and, for unlabelled maps, without labels (None).
@@ -143,7 +144,8 @@ class ScoreFile:
     category: str
     coreset_ratio: float | None
     calibration: str
-    quantile: float
+    threshold_calibration: str
+    false_reject_rate: float
     lam: float
     thresholds: dict[str, float]
     train_paths: list[str]
@@ -154,6 +156,7 @@ class ScoreFile:
     test: dict[str, np.ndarray]
     routed_to: list[str] | None = None
     routed: dict[str, np.ndarray] | None = None
+    threshold_train: dict[str, np.ndarray] | None = None
 
     def to_json(self) -> dict:
         test = {"paths": list(self.paths)}
@@ -168,10 +171,12 @@ class ScoreFile:
             "category": self.category,
             "coreset_ratio": self.coreset_ratio,
             "calibration": self.calibration,
-            "quantile": self.quantile,
+            "threshold_calibration": self.threshold_calibration,
+            "false_reject_rate": self.false_reject_rate,
             "lambda": self.lam,
             "thresholds": dict(self.thresholds),
             "train": {"paths": list(self.train_paths), **{s: self.train[s] for s in SCORES}},
+            "threshold_train": None if self.threshold_train is None else {s: self.threshold_train[s] for s in SCORES},
             "test": test,
         })
 
@@ -183,7 +188,8 @@ class ScoreFile:
                 category=str(doc["category"]),
                 coreset_ratio=doc["coreset_ratio"],
                 calibration=str(doc["calibration"]),
-                quantile=float(doc["quantile"]),
+                threshold_calibration=str(doc["threshold_calibration"]),
+                false_reject_rate=float(doc["false_reject_rate"]),
                 lam=float(doc["lambda"]),
                 thresholds={k: float(doc["thresholds"][k]) for k in SCORES},
                 train_paths=[str(p) for p in train["paths"]],
@@ -193,6 +199,8 @@ class ScoreFile:
                 defect_types=[str(t) for t in test["defect_types"]],
                 test={k: _floats(test[k]) for k in SCORES},
             )
+            if doc.get("threshold_train") is not None:
+                s.threshold_train = {k: _floats(doc["threshold_train"][k]) for k in SCORES}
             if "routed_to" in test:
                 s.routed_to = [str(c) for c in test["routed_to"]]
                 s.routed = {k: _floats(test["routed"][k]) for k in SCORES}

@@ -176,12 +176,34 @@ def components_per_category(ab: dict, categories: list[str]) -> Table:
                  summary_rows=1, classes=_best(rows, list(range(1, len(header)))))
 
 
+def _rate_cell(r: dict) -> str:
+    low, high = r["ci95"]
+    return f"{r['count']}/{r['n']} ({percent(r['rate'])}; {percent(low)}-{percent(high)})" if r["n"] else ""
+
+
+def decision_table(key: str, block: dict, score: str) -> Table:
+    """Good test images rejected and defective ones accepted at each threshold calibration's thresholds,
+    per category and pooled (count/n, %, 95% Wilson interval)."""
+    methods = list(block["mean"]["decisions"])
+    header = ["Category"] + [f"{m}: {kind}" for m in methods for kind in ("good rejected", "defective accepted")]
+    rows = []
+    for name, r in [*block["categories"].items(), ("Pooled", block["mean"])]:
+        rows.append([name] + [_rate_cell(r["decisions"][m][score][kind]) for m in methods
+                              for kind in ("good_rejected", "defective_accepted")])
+    title = f"decisions at the stored thresholds, {score} score, coreset {key} (count/n, %, 95% Wilson interval)"
+    return Table(title, header, rows, summary_rows=1)
+
+
 def benchmark_tables(results: dict) -> dict[str, Table]:
     """Every table of a results.json by file stem, in the order of ``tables.md``."""
     tables: dict[str, Table] = {}
     for setting in SETTINGS:
         for key, block in results["results"][setting].items():
             tables[f"{setting}_{ratio_stem(key)}"] = main_table(setting, key, block)
+    for key, block in results["results"]["class_separated"].items():
+        if block["mean"].get("decisions"):
+            score = results["config"]["decision_score"]
+            tables[f"decisions_{ratio_stem(key)}"] = decision_table(key, block, score)
     for name, ab in results["ablations"].items():
         tables[f"ablation_{name}"] = ablation_table(name, ab, results["category_names"])
         if name == "components":

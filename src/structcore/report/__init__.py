@@ -13,6 +13,7 @@ from ..evaluation.schema import (
     FIGURES_DIR, REPORT_FILE, ReportError, maps_file, read_maps, read_results, read_scores, scores_file,
 )
 from ..files import atomic_write_text
+from .distributions import figure_distributions
 from .figures import figure_2, figure_3, figure_base_vs_hybrid, figure_qualitative
 from .page import Figures, render
 
@@ -52,6 +53,9 @@ def write_report(out_dir: str | Path) -> Path:
     figures = Figures()
     if scores:
         figures.figure_2 = attempt("Figure 2", figure_2, scores, fig_dir / "figure2_base_vs_hybrid.png")
+    if scores:
+        figures.distributions = attempt("score distributions", figure_distributions, scores,
+                                        fig_dir / "score_distributions.png", decision)
     for s in scores:
         p = fig_dir / f"base_vs_hybrid_{s.category}.png"
         if attempt(f"base vs hybrid ({s.category})", figure_base_vs_hybrid, s, p) is not None:

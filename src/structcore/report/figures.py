@@ -183,8 +183,8 @@ def draw_base_vs_hybrid(ax, s: ScoreFile, fontsize: float = 8.0, zoom: bool = Fa
     return counts
 
 
-def _legend_handles(quantile: float) -> list:
-    q = f"{100 * quantile:g}%"
+def _legend_handles(s) -> list:
+    q = f"{s.threshold_calibration}, rate {s.false_reject_rate:g}"
     return [
         Line2D([], [], ls="", marker="o", color=GOOD_COLOR, label="good (test)"),
         Line2D([], [], ls="", marker="^", color=DEFECT_COLOR, label="defective (test)"),
@@ -204,7 +204,7 @@ def figure_base_vs_hybrid(s: ScoreFile, path: str | Path) -> Crossover:
     counts = draw_base_vs_hybrid(axes[0, 0], s, fontsize=9)
     if zoomable:
         draw_base_vs_hybrid(axes[0, 1], s, fontsize=9, zoom=True)
-    fig.legend(handles=_legend_handles(s.quantile), loc="lower center", ncol=3 * (1 + zoomable), fontsize=7.5,
+    fig.legend(handles=_legend_handles(s), loc="lower center", ncol=3 * (1 + zoomable), fontsize=7.5,
                frameon=False)
     fig.tight_layout(rect=(0, 0.1 / (1 + zoomable), 1, 1))
     _save(fig, path)
@@ -230,7 +230,7 @@ def figure_2(scores: list[ScoreFile], path: str | Path, zoom: bool = True) -> Pa
         draw_base_vs_hybrid(ax, s, fontsize=7.5, zoom=zoom)
     for ax in list(axes.flat)[len(scores) :]:
         ax.set_visible(False)
-    fig.legend(handles=_legend_handles(scores[0].quantile), loc="lower center", ncol=legend_cols, fontsize=8,
+    fig.legend(handles=_legend_handles(scores[0]), loc="lower center", ncol=legend_cols, fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     return _save(fig, path)

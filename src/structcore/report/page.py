@@ -37,6 +37,7 @@ class Figures:
 
     figure_2: Path | None = None
     figure_3: Path | None = None
+    distributions: Path | None = None
     base_vs_hybrid: dict[str, Path] = field(default_factory=dict)
     qualitative: dict[str, Path] = field(default_factory=dict)
 
@@ -170,6 +171,18 @@ def render(results: dict, out_dir: Path, scores: list[ScoreFile], figures: Figur
             out.append(f"<h3>{e(SETTING_TITLES[setting])}, {e(ratio_title(key))}</h3>")
             out.append(tables[f"{setting}_{ratio_stem(key)}"].to_html())
 
+    decision_tables = [t for stem, t in tables.items() if stem.startswith("decisions_")]
+    if decision_tables or figures.distributions is not None:
+        out.append("<h2>Decisions at the stored thresholds</h2>")
+        out.append('<p class="note">Class-separated test images. Each threshold calibration scores the train-good '
+                   "images its own way (leave-one-out: without the image's own bank entries; k-fold: against a bank "
+                   "of the other folds; in-sample: against the full bank) and takes the order statistic for the "
+                   f"false-reject rate {config['false_reject_rate']:g}. Count/n, share and 95% Wilson interval; "
+                   f"the model uses {e(config['threshold_calibration'])}.</p>")
+        out += [t.to_html() for t in decision_tables]
+        if figures.distributions is not None:
+            out.append(_img(figures.distributions, out_dir, "score distributions with the thresholds"))
+
     out.append("<h2>Routing</h2>")
     out.append('<p class="note">Each test image goes to the category of its nearest routing prototype '
                f"(paper eq. 3-4); {e(ratio_title(results['primary']))}. Green: right category, red: images sent "
@@ -179,7 +192,8 @@ def render(results: dict, out_dir: Path, scores: list[ScoreFile], figures: Figur
     if scores:
         out.append("<h2>Where StructCore changes the decision (Figure 2)</h2>")
         out.append(f'<p class="note">Class-separated test images. x: S<sub>base</sub> = max(S); y: S<sub>hyb</sub>. '
-                   f"Thresholds are the {100 * scores[0].quantile:g}% quantiles of the train-good calibration scores; "
+                   f"Thresholds: the order statistic of the train-good {scores[0].threshold_calibration} scores for a "
+                   f"false-reject rate of {scores[0].false_reject_rate:g}; "
                    "an image is rejected (called anomalous) where its score is above the threshold. Shaded: images "
                    "whose base and hybrid decisions differ. Panels are zoomed on the thresholds where far-off defects "
                    "would squeeze them (those points are drawn hollow on the edge); the per-category figures also "
