@@ -69,7 +69,9 @@ def test_health_ready_and_model(server, detector):
     model = server.get("/v1/model").json()
     assert [c["name"] for c in model["categories"]] == ["gadget", "widget"]
     widget = model["categories"][1]
-    assert widget["thresholds"] == detector.categories_["widget"].calibration.thresholds
+    thresholds = detector.categories_["widget"].thresholds.values
+    assert widget["thresholds"] == {k: thresholds[k] for k in ("base", "struct", "hybrid")}
+    assert widget["pixel_threshold"] == thresholds["pixel"]
     assert widget["train_images"] == 8
     assert model["weights"] == {"name": "tiny", "sha256": "0" * 64, "source": "test"}
     assert model["config"]["crop"] == 56

@@ -33,6 +33,8 @@ from starlette.exceptions import HTTPException
 
 from ..detector import Detector, load_model
 from ..errors import ConfigError
+from ..scoring import SCORES
+from ..thresholds import PIXEL
 from ..version import __version__
 from .guards import BearerToken, BodyLimit
 from .queue import InferenceQueue, QueueFull
@@ -102,7 +104,7 @@ class Service:
         predictions = self.detector.predict([image for _, image, _ in decoded], category) if decoded else []
         predict_ms = 1000 * (time.perf_counter() - t)
         for (i, image, decode_ms), pred in zip(decoded, predictions):
-            out = prediction_json(self.detector, pred, image, uploads[i].name, routed=category is None,
+            out = prediction_json(pred, image, uploads[i].name, routed=category is None,
                                   with_overlay=with_overlay, with_regions=with_regions)
             out["timings_ms"] = {"queue": 1000 * (started - submitted), "decode": decode_ms, "predict": predict_ms,
                                  **out["timings_ms"]}
@@ -131,8 +133,9 @@ class Service:
             "weights": {"name": d.config.backbone, "sha256": getattr(info, "sha256", None),
                         "source": getattr(info, "source", None)},
             "categories": [
-                {"name": name, "thresholds": dict(m.calibration.thresholds), "train_images": len(m.train_images),
-                 "bank_size": len(m.bank), "lambda": m.calibration.lam}
+                {"name": name, "thresholds": {s: m.thresholds.values[s] for s in SCORES},
+                 "pixel_threshold": m.thresholds.values[PIXEL], "false_reject_rate": m.thresholds.false_reject_rate,
+                 "train_images": len(m.train_images), "bank_size": len(m.bank), "lambda": m.calibration.lam}
                 for name, m in sorted(d.categories_.items())
             ],
             "config": asdict(d.config),
