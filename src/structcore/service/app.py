@@ -50,10 +50,10 @@ def host_cores() -> int:
 
 
 class Upload:
-    """One uploaded file: its name, its bytes and its header size."""
+    """One uploaded file that passed the header checks: its name and its bytes."""
 
-    def __init__(self, name: str, data: bytes, size: tuple[int, int]):
-        self.name, self.data, self.size = name, data, size
+    def __init__(self, name: str, data: bytes):
+        self.name, self.data = name, data
 
 
 class Service:
@@ -87,7 +87,8 @@ class Service:
     async def upload(self, file: UploadFile) -> Upload:
         name = file.filename or "upload"
         data = await file.read()
-        return Upload(name, data, check_header(data, name, self.max_pixels))
+        check_header(data, name, self.max_pixels)
+        return Upload(name, data)
 
     def predict(self, uploads: list[Upload], category: str | None, with_overlay: bool, with_regions: bool,
                 submitted: float) -> list[dict | UploadError]:
