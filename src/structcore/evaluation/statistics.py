@@ -210,9 +210,10 @@ def significance(difference: float, p: float, alpha: float = ALPHA) -> str:
 
 
 # -- over seeds ------------------------------------------------------------------------------------------
-def seed_summary(values: list, confidence: float = 0.95) -> dict | None:
+def seed_summary(values: list, confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict | None:
     """``{"mean", "std", "ci95", "n"}`` of the non-missing ``values`` (one per seed): sample standard
-    deviation and Student-t interval of the mean (std and ci95 None for a single value); None if all missing."""
+    deviation and Student-t interval of the mean, clipped to ``bounds`` (std and ci95 None for a single
+    value); None if all missing."""
     vals = np.array([v for v in values if v is not None], dtype=np.float64)
     if len(vals) == 0:
         return None
@@ -221,4 +222,7 @@ def seed_summary(values: list, confidence: float = 0.95) -> dict | None:
         return {"mean": mean, "std": None, "ci95": None, "n": 1}
     std = float(vals.std(ddof=1))
     half = float(student_t.ppf((1 + confidence) / 2, len(vals) - 1)) * std / math.sqrt(len(vals))
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": int(len(vals))}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": std, "ci95": [low, high], "n": int(len(vals))}
