@@ -343,6 +343,11 @@ def test_seeds_refit_on_cached_features_and_aggregate(synthetic_mvtec, tiny_vit,
     mean = res["statistics"]["0.25"]["mean"]["image"]["hybrid"]["auroc"]["mean"]
     assert np.isclose(mean, np.mean([runs[s]["0.25"]["mean"]["image"]["hybrid"]["auroc"] for s in ("5", "6", "7")]))
     assert (tmp_path / "multi" / "tables" / "seeds_coreset25.md").is_file()
+    from structcore.report import write_report
+
+    page = write_report(tmp_path / "multi").read_text()
+    assert (tmp_path / "multi" / "figures" / "seed_spread.png").is_file() and "Over seeds" in page
+    assert "could not be drawn" not in page
 
 
 def test_full_frame_pixel_metrics_leave_out_the_unseen_border(synthetic_mvtec, tiny_vit, tmp_path):

@@ -181,6 +181,7 @@ def run_benchmark(
         "category_names": [c.name for c in categories],
         **_headline(blocks, setup.primary),
         "seeds": list(seeds),
+        "bootstrap_resamples": options.bootstrap_resamples,
         "statistics": seed_statistics(per_seed),
         "seed_results": {str(k): v for k, v in per_seed.items()},
         "config": asdict(setup.config),
