@@ -255,14 +255,18 @@ def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch
         *base, "--categories", "widget", "--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
         "--projection-dim", "16", "--coreset-ratios", "0.25", "--feature-cache", str(tmp_path / "cache"),
         "--precision", "fp32", "--quiet", "--ablate-components", "--layer-sets=-1,-2", "--k", "3",
+        "--seeds", "3", "4", "--bootstrap-resamples", "100",
     ])
     args.func(args)
     res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["seeds"] == [3, 4] and res["config"]["seed"] == 3 and res["bootstrap_resamples"] == 100
+    assert res["seed_results"]["3"]["0.25"]["categories"]["widget"]["statistics"]["n_resamples"] == 100
     assert res["category_names"] == ["widget"] and list(res["ablations"]) == ["components", "layers", "coreset"]
     assert list(res["ablations"]["layers"]["variants"]) == ["-1,-2"]
     assert res["feature_cache"]["folder"] == str(tmp_path / "cache") and res["config"]["k"] == 3
     assert written == [tmp_path / "o"]
     assert "StructCore benchmark, coreset 0.25" in capsys.readouterr().out
+    assert parser.parse_args(base).seeds is None  # default: the config's one seed
 
 
 def test_train_images_in_fit_precision_test_images_in_precision(synthetic_mvtec, tiny_vit, tiny_backbone, tmp_path):
