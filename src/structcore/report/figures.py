@@ -276,7 +276,7 @@ def figure_seed_spread(results: dict, path: str | Path) -> Path:
             if m["ci95"] is not None:
                 ax.plot([x, x], [100 * m["ci95"][0], 100 * m["ci95"][1]], color=color, lw=5, alpha=0.6,
                         solid_capstyle="butt")
-            ax.scatter(x + np.linspace(-0.15, 0.15, len(diffs)) * width, 100 * np.array(diffs), s=10, color="k",
+            ax.scatter(x - width * (0.3 + np.linspace(0, 0.1, len(diffs))), 100 * np.array(diffs), s=10, color="k",
                        zorder=3)
             ax.scatter([x], [100 * m["mean"]], s=50, marker="D", color=color, edgecolors="k", zorder=4)
             ticks.append((x, f"{name}\n{_setting_label(key)}"))
