@@ -272,14 +272,18 @@ def test_cli_flags_and_run(synthetic_mvtec, tiny_backbone, tmp_path, monkeypatch
         *base, "--categories", "widget", "--backbone", "tiny", "--resize", "64", "--crop", "56", "--blocks", "-1", "-2",
         "--projection-dim", "16", "--coreset-ratios", "0.25", "--feature-cache", str(tmp_path / "cache"),
         "--precision", "fp32", "--quiet", "--ablate-components", "--layer-sets=-1,-2", "--k", "3",
+        "--seeds", "3", "4", "--bootstrap-resamples", "100",
     ])
     args.func(args)
     res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["seeds"] == [3, 4] and res["config"]["seed"] == 3 and res["bootstrap_resamples"] == 100
+    assert res["seed_results"]["3"]["0.25"]["categories"]["widget"]["statistics"]["n_resamples"] == 100
     assert res["category_names"] == ["widget"] and list(res["ablations"]) == ["components", "layers", "coreset"]
     assert list(res["ablations"]["layers"]["variants"]) == ["-1,-2"]
     assert res["feature_cache"]["folder"] == str(tmp_path / "cache") and res["config"]["k"] == 3
     assert written == [tmp_path / "o"]
     assert "StructCore benchmark, coreset 0.25" in capsys.readouterr().out
+    assert parser.parse_args(base).seeds is None  # default: the config's one seed
 
 
 def test_train_images_in_fit_precision_test_images_in_precision(synthetic_mvtec, tiny_vit, tiny_backbone, tmp_path):
@@ -319,3 +323,77 @@ def test_a_second_benchmark_into_the_same_out_waits_or_fails_naming_the_holder(s
     finally:
         holder.kill()
         holder.wait()
+
+
+def _seeded(root, out, cache, tiny_vit, seeds, resamples=200):
+    return run_benchmark(
+        load_mvtec(root), out, config=TINY,
+        options=BenchmarkOptions(coreset_ratios=(0.25,), seeds=seeds, bootstrap_resamples=resamples,
+                                 feature_cache=cache, dataset="mvtec", data_root=root, write_report=False),
+        runtime=Runtime(precision="fp32", progress=False, num_workers=0, batch_size=4),
+        backbone=(tiny_vit, INFO),
+    )
+
+
+def test_seeds_refit_on_cached_features_and_aggregate(synthetic_mvtec, tiny_vit, tmp_path, counted):
+    """Each further seed refits and rescores from the cache (no forward pass); its results equal a
+    one-seed run with that seed; the statistics are the mean, std and median p over the seeds' results."""
+    cache = tmp_path / "cache"
+    res = _seeded(synthetic_mvtec, tmp_path / "multi", cache, tiny_vit, (5, 6, 7))
+    passes = len(counted)
+    single = _seeded(synthetic_mvtec, tmp_path / "one", cache, tiny_vit, (6,))
+    assert len(counted) == passes  # the second run read every feature from the cache
+    assert res["seeds"] == [5, 6, 7] and single["seeds"] == [6] and res["config"]["seed"] == 5
+    runs = res["seed_results"]
+    assert runs["5"] == res["results"]["class_separated"]
+    assert runs["6"] == single["results"]["class_separated"]
+    assert runs["5"]["0.25"]["categories"]["widget"]["lambda"] != runs["6"]["0.25"]["categories"]["widget"]["lambda"]
+    stats = res["statistics"]["0.25"]["categories"]["widget"]
+    rows = [runs[s]["0.25"]["categories"]["widget"] for s in ("5", "6", "7")]
+    for score in ("base", "struct", "hybrid"):
+        vals = [r["image"][score]["auroc"] for r in rows]
+        assert np.isclose(stats["image"][score]["auroc"]["mean"], np.mean(vals))
+        assert np.isclose(stats["image"][score]["auroc"]["std"], np.std(vals, ddof=1))
+        lo, hi = stats["image"][score]["auroc"]["ci95"]
+        assert 0 <= lo <= np.mean(vals) <= hi <= 1
+    assert np.isclose(stats["pixel"]["aupro"]["mean"], np.mean([r["pixel"]["aupro"] for r in rows]))
+    ps = [r["statistics"]["hybrid_vs_base"]["delong_p"] for r in rows]
+    assert stats["delong_p_by_seed"] == ps and stats["delong_p"] == np.median(ps)
+    assert stats["significance"] in ("gain", "none", "loss")
+    assert res["statistics"]["0.25"]["categories"]["gadget"]["pixel_full"] is None
+    mean = res["statistics"]["0.25"]["mean"]["image"]["hybrid"]["auroc"]["mean"]
+    assert np.isclose(mean, np.mean([runs[s]["0.25"]["mean"]["image"]["hybrid"]["auroc"] for s in ("5", "6", "7")]))
+    assert (tmp_path / "multi" / "tables" / "seeds_coreset25.md").is_file()
+    from structcore.report import write_report
+
+    page = write_report(tmp_path / "multi").read_text()
+    assert (tmp_path / "multi" / "figures" / "seed_spread.png").is_file() and "Over seeds" in page
+    assert "could not be drawn" not in page
+
+
+def test_full_frame_pixel_metrics_leave_out_the_unseen_border(synthetic_mvtec, tiny_vit, tmp_path):
+    """P-AUROC and P-AP in the original frame equal the metrics over every seen pixel of every image,
+    computed directly from the saved crop-frame maps mapped back (NaN border dropped) and the original masks."""
+    from structcore.evaluation.schema import maps_file, read_maps
+    from structcore.images import load_mask
+    from structcore.metrics import auroc, average_precision
+    from structcore.regions import to_original_frame
+
+    res = _seeded(synthetic_mvtec, tmp_path / "run", tmp_path / "cache", tiny_vit, (5,))
+    full = res["results"]["class_separated"]["0.25"]["categories"]["widget"]["pixel_full"]
+    cat = next(c for c in load_mvtec(synthetic_mvtec) if c.name == "widget")
+    saved = read_maps(maps_file(tmp_path / "run", "widget"))
+    assert list(saved.indices) == list(range(len(cat.test)))  # every test map was kept
+    values, truth, unseen, total = [], [], 0, 0
+    for s, m in zip(cat.test, saved.maps):
+        f = to_original_frame(m, (64, 64), TINY.preprocess)
+        mask = load_mask(s.mask_path) if s.mask_path else np.zeros((64, 64), bool)
+        seen = ~np.isnan(f)
+        values.append(f[seen])
+        truth.append(mask[seen])
+        unseen, total = unseen + (~seen).sum(), total + f.size
+    values, truth = np.concatenate(values), np.concatenate(truth)
+    assert np.isclose(full["auroc"], auroc(truth, values))
+    assert np.isclose(full["ap"], average_precision(truth, values))
+    assert np.isclose(full["not_seen"], unseen / total) and 0 < full["not_seen"] < 1
+    assert 0 <= full["aupro"] <= 1

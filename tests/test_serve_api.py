@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 

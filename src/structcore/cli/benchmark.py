@@ -45,6 +45,11 @@ def register(sub) -> argparse.ArgumentParser:
     g.add_argument("--name", default="folder", help="folder dataset: category name")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--coreset-ratios", type=float, nargs="+", help="coreset ratios to evaluate (default: --coreset-ratio)")
+    g.add_argument("--seeds", type=int, nargs="+",
+                   help="fit with each seed (projection, coreset and routing together) and report mean, std and "
+                        "intervals over seeds (default: --seed); the first seed writes the scores, maps and ablations")
+    g.add_argument("--bootstrap-resamples", type=int, default=2000, metavar="N",
+                   help="stratified bootstrap resamples for the AUROC intervals and the paired test (default 2000)")
     g.add_argument("--feature-cache", help="feature cache folder (default <structcore cache>/features)")
     g.add_argument("--no-feature-cache", action="store_true", help="extract features every time, store nothing")
     g.add_argument("--max-maps", type=int, default=8, help="test maps saved per category for figures")
@@ -94,6 +99,8 @@ def run(args):
     )
     options = BenchmarkOptions(
         coreset_ratios=tuple(args.coreset_ratios or ()),
+        seeds=tuple(args.seeds or ()),
+        bootstrap_resamples=args.bootstrap_resamples,
         ablations=ablations_from_args(args),
         feature_cache=None if args.no_feature_cache else Path(args.feature_cache) if args.feature_cache else "default",
         max_maps=args.max_maps,

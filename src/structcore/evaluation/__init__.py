@@ -3,6 +3,8 @@
 :func:`run_benchmark` fits every category once per coreset ratio, scores the test images with the
 category known and routed (:mod:`.protocol`), runs the chosen ablations (:mod:`.ablations`) and writes
 a benchmark folder (:mod:`.schema` describes it; :mod:`.artifacts` writes it), then the HTML report.
+With several seeds it refits and rescores once per further seed on the cached features and adds the
+statistics over seeds (:mod:`.seeds`, :mod:`.statistics`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .protocol import (
     fit_category, log, mean_of, number_text,
 )
 from .schema import ABLATIONS, SCHEMA, SCORES, SETTINGS, MapFile, ScoreFile, to_json
+from .seeds import seed_statistics
 
 __all__ = ["DEFAULT_LAMBDAS", "Ablations", "BenchmarkOptions", "Runtime", "load_categories", "run_benchmark"]
 DATASETS = ("mvtec", "visa", "folder")
@@ -64,13 +67,17 @@ class BenchmarkOptions:
     """What the benchmark evaluates and writes.
 
     ``coreset_ratios``: the ratios to fit (empty: the config's); the first is the primary one (headline,
-    score files, maps, ablations). ``feature_cache``: a folder, ``"default"`` (``<structcore
-    cache>/features``) or None (no cache). ``max_maps``: test images kept per category in ``maps/``.
-    ``threshold_calibrations``: the threshold calibrations whose decisions are compared (the config's
-    own is always among them).
+    score files, maps, ablations). ``seeds``: the seeds to fit with (empty: the config's); the first is
+    the primary one, every further seed refits and rescores (projection, coreset and routing seeds
+    together). ``bootstrap_resamples``: resamples of the AUROC intervals and the paired bootstrap.
+    ``feature_cache``: a folder, ``"default"`` (``<structcore cache>/features``) or None (no cache).
+    ``max_maps``: test images kept per category in ``maps/``. ``threshold_calibrations``: the threshold
+    calibrations whose decisions are compared (the config's own is always among them).
     """
 
     coreset_ratios: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
+    bootstrap_resamples: int = 2000
     ablations: Ablations = field(default_factory=Ablations)
     feature_cache: str | Path | None = "default"
     max_maps: int = 8
@@ -133,6 +140,10 @@ def run_benchmark(
         raise DataError("no categories to benchmark")
     t_wall = time.perf_counter()
     config, options, runtime = config or DetectorConfig(), options or BenchmarkOptions(), runtime or Runtime()
+    seeds = tuple(dict.fromkeys(options.seeds)) or (config.seed,)
+    if options.bootstrap_resamples < 1:
+        raise ValueError(f"bootstrap_resamples must be positive, got {options.bootstrap_resamples}")
+    config = replace(config, seed=seeds[0])
     out = Path(out)
     weights_info, setup = _setup(config, options, runtime, backbone)
     features, timer = setup.features, setup.timer
@@ -163,12 +174,20 @@ def run_benchmark(
     if options.ablations.any or len(setup.detectors) > 1:  # several ratios: the coreset table
         with timer("ablations"):
             ablations = _ablation_blocks(setup, categories, options.ablations, collected, blocks["class_separated"])
+    per_seed = {seeds[0]: blocks["class_separated"]}
+    for seed in seeds[1:]:
+        with timer("seeds"):
+            per_seed[seed] = _seed_blocks(setup, categories, seed)
     results = to_json({
         "schema": SCHEMA,
         "dataset": options.dataset,
         "data_root": None if options.data_root is None else str(options.data_root),
         "category_names": [c.name for c in categories],
         **_headline(blocks, setup.primary),
+        "seeds": list(seeds),
+        "bootstrap_resamples": options.bootstrap_resamples,
+        "statistics": seed_statistics(per_seed),
+        "seed_results": {str(k): v for k, v in per_seed.items()},
         "config": asdict(setup.config),
         "coreset_ratios": [d.config.coreset_ratio for d in setup.detectors.values()],
         "primary": setup.primary,
@@ -211,8 +230,26 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
         new_detector=lambda cfg: Detector(cfg, **{**detector_kwargs, "progress": False}),
         calibration_ablation=options.ablations.calibration,
         threshold_calibrations=tuple(dict.fromkeys((config.threshold_calibration, *options.threshold_calibrations))),
+        bootstrap_resamples=options.bootstrap_resamples,
     )
     return weights_info, setup
+
+
+def _seed_blocks(setup: Setup, categories: list[Category], seed: int) -> dict:
+    """Class-separated blocks (with means) of every coreset setting refitted and rescored with ``seed``."""
+    detectors = {k: setup.new_detector(replace(d.config, seed=seed)) for k, d in setup.detectors.items()}
+    run = replace(setup, detectors=detectors, calibration_ablation=False, category_timings={})
+    log(f"seed {seed}: refit and rescore")
+    fitted = {cat.name: fit_category(run, cat) for cat in categories}
+    blocks = {k: {"categories": {}} for k in detectors}
+    for cat in categories:
+        ev = evaluate_category(run, cat, fitted.pop(cat.name))
+        if ev is not None:
+            for key, r in ev.ratios.items():
+                blocks[key]["categories"][cat.name] = r.separated.to_json()
+    for block in blocks.values():
+        block["mean"] = mean_of(list(block["categories"].values()))
+    return blocks
 
 
 def _write_category_files(out: Path, setup: Setup, fit: FittedCategory, ev: EvaluatedCategory, max_maps: int):
@@ -306,6 +343,7 @@ def _timings(setup: Setup, wall: float) -> dict:
         "scoring_s": t.get("scoring"),
         "metrics_s": t.get("metrics"),
         "ablations_s": t.get("ablations"),
+        "seeds_s": t.get("seeds"),
         "ablations": {n: t.get(f"ablation:{n}") for n in ABLATIONS if f"ablation:{n}" in t.totals},
         "threshold_calibration_s": {m: t.get(f"threshold_calibration[{m}]") for m in setup.threshold_calibrations},
         "categories": setup.category_timings,

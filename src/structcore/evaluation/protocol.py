@@ -6,6 +6,10 @@
 
 Both settings run on the same fitted models, one per coreset ratio. Features come from
 :mod:`structcore.feature_cache` (raw block tokens on disk), so a second run costs only fitting and scoring.
+
+Class-separated results also carry, per category, the image-level statistics of :func:`image_statistics`
+(bootstrap intervals of the AUROCs, DeLong's test of hybrid against base) and the pixel metrics in the
+original image frame (:func:`full_frame_pixel_metrics`).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from ..features import FeatureExtractor, Preprocess
 from ..images import image_size, load_mask
 from ..metrics import image_metrics as _image_metrics
 from ..metrics import pixel_metrics as _pixel_metrics
+from ..regions import to_original_frame
 from ..scoring import CalibrationRecord, ScoredImages
 from ..thresholds import PIXEL, Thresholds
 from .decisions import decision_counts, pixel_decisions
 from .schema import IMAGE_KEYS, PIXEL_KEYS, SCORES, to_json
+from .statistics import bootstrap_aurocs, delong_test, paired_bootstrap_test, percentile_interval, significance
 
 
 def log(msg: str):
@@ -75,6 +81,51 @@ def pixel_metrics(masks: np.ndarray | None, maps: np.ndarray) -> dict | None:
     return {k: to_json(m[k]) for k in PIXEL_KEYS}
 
 
+def image_statistics(labels: np.ndarray, scores: dict[str, np.ndarray], n_resamples: int, seed: int) -> dict | None:
+    """95% stratified-bootstrap intervals of each score's AUROC (``n_resamples``, seeded), and hybrid
+    against base on the same images: DeLong's test and the paired bootstrap; None with one class only."""
+    if labels.min(initial=1) == labels.max(initial=0):
+        return None
+    names = list(scores)
+    boot = bootstrap_aurocs(labels, [scores[s] for s in names], n_resamples, seed)
+    d = delong_test(labels, scores["base"], scores["hybrid"])
+    pb = paired_bootstrap_test(labels, scores["base"], scores["hybrid"], n_resamples, seed)
+    return to_json({
+        "n_resamples": n_resamples, "bootstrap_seed": seed,
+        "auroc_ci95": {s: percentile_interval(boot[i]) for i, s in enumerate(names)},
+        "hybrid_vs_base": {"difference": d.difference, "delong_z": d.z, "delong_p": d.p,
+                           "bootstrap_se": pb.se, "bootstrap_ci95": pb.ci95, "bootstrap_p": pb.p,
+                           "significance": significance(d.difference, d.p)},
+    })
+
+
+def full_frame_pixel_metrics(cat: Category, maps: np.ndarray, preprocess: Preprocess) -> dict | None:
+    """Pixel metrics against the full-resolution masks, each crop-frame map mapped back to its original
+    image (:func:`structcore.regions.to_original_frame`). The model never saw the border outside the
+    crop: those pixels are left out of every metric, and ``not_seen`` / ``not_seen_defect`` are their
+    share of all pixels / of the defect pixels. None without masks."""
+    if not cat.has_masks:
+        return None
+    full_maps, full_masks = [], []
+    n_all = n_defect = unseen_all = unseen_defect = 0
+    for s, m in zip(cat.test, maps):
+        size = image_size(s.path)
+        mask = load_mask(s.mask_path, size) if s.mask_path is not None else np.zeros(size[::-1], bool)
+        full = to_original_frame(m, size, preprocess)
+        rows = np.flatnonzero(~np.isnan(full[:, size[0] // 2]))
+        cols = np.flatnonzero(~np.isnan(full[size[1] // 2]))
+        seen = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        n_all, n_defect = n_all + mask.size, n_defect + int(mask.sum())
+        unseen_all += mask.size - full[seen].size
+        unseen_defect += int(mask.sum()) - int(mask[seen].sum())
+        full_maps.append(full[seen])
+        full_masks.append(mask[seen])
+    if not any(m.any() for m in full_masks) or all(m.all() for m in full_masks):
+        return None
+    out = {k: to_json(v) for k, v in _pixel_metrics(full_masks, full_maps).items() if k in PIXEL_KEYS}
+    return {**out, "not_seen": unseen_all / n_all, "not_seen_defect": unseen_defect / n_defect if n_defect else None}
+
+
 def mean(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -88,6 +139,9 @@ def mean_of(rows: list[dict]) -> dict:
     pix = [r["pixel"] for r in rows if r["pixel"] is not None]
     out["pixel"] = {k: mean([p[k] for p in pix]) for k in PIXEL_KEYS} if pix else None
     out["n_categories_pixel"] = len(pix)
+    full = [r["pixel_full"] for r in rows if r.get("pixel_full") is not None]
+    if full:
+        out["pixel_full"] = {k: mean([p[k] for p in full]) for k in (*PIXEL_KEYS, "not_seen", "not_seen_defect")}
     out["routing_accuracy"] = mean([r["routing_accuracy"] for r in rows])
     return out
 
@@ -160,6 +214,7 @@ class Setup:
     new_detector: Callable[[DetectorConfig], Detector]
     calibration_ablation: bool = False
     threshold_calibrations: tuple[str, ...] = ()
+    bootstrap_resamples: int = 2000
     category_timings: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -243,12 +298,17 @@ class CategoryMetrics:
     routed_to: dict[str, int] | None = None
     decisions: dict[str, dict] | None = None  # by threshold calibration (class-separated only)
     pixel_threshold: dict[str, dict] | None = None  # by threshold calibration: the pixel threshold's F1 etc.
+    pixel_full: dict | None = None
+    statistics: dict | None = None
 
     def to_json(self) -> dict:
         out = {"image": self.image, "pixel": self.pixel, "routing_accuracy": self.routing_accuracy, **self.counts,
                "bank_size": self.bank_size, "lambda": self.lam, "thresholds": dict(self.thresholds)}
         if self.routed_to is not None:
             out["routed_to"] = self.routed_to
+        else:  # class-separated
+            out["pixel_full"] = self.pixel_full
+            out["statistics"] = self.statistics
         if self.decisions is not None:
             out["decisions"] = self.decisions
         if self.pixel_threshold is not None:
@@ -334,7 +394,10 @@ def evaluate_category(setup: Setup, cat: Category, fitted: FittedCategory) -> Ev
             decisions = {m: decision_counts(labels, scored.scores, t.values) for m, t in fitted.thresholds[key].items()}
             at_pixel = None if pixel is None else {
                 m: pixel_decisions(masks, scored.maps, t.values[PIXEL]) for m, t in fitted.thresholds[key].items()}
-            separated = CategoryMetrics(image, pixel, None, decisions=decisions or None, pixel_threshold=at_pixel, **common)
+            separated = CategoryMetrics(
+                image, pixel, None, pixel_full=full_frame_pixel_metrics(cat, scored.maps, cfg.preprocess),
+                statistics=image_statistics(labels, scored.scores, setup.bootstrap_resamples, det.config.seed),
+                decisions=decisions or None, pixel_threshold=at_pixel, **common)
             if routing.scores is not scored.scores:
                 image, pixel = image_metrics(labels, routing.scores), pixel_metrics(masks, routing.maps)
             routed = CategoryMetrics(image, pixel, float(np.mean([r == cat.name for r in routing.routes])),

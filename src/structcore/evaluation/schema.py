@@ -24,7 +24,13 @@ definitions. A benchmark folder ``DIR`` holds:
                 "routing_accuracy": float | null,  # null in class_separated (nothing is routed)
                 "routed_to": {"<category>": count} (routed only),
                 "n_train", "n_test", "n_good", "n_defective", "has_masks", "bank_size", "lambda",
-                "thresholds": {"base", "struct", "hybrid"}
+                "thresholds": {"base", "struct", "hybrid"},
+                # class_separated only:
+                "pixel_full": {"auroc", "ap", "f1_max", "aupro", "not_seen", "not_seen_defect"} | null,
+                                                # in the original image frame; the unseen border left out
+                "statistics": {"n_resamples", "bootstrap_seed", "auroc_ci95": {"base"|...: [low, high]},
+                               "hybrid_vs_base": {"difference", "delong_z", "delong_p", "bootstrap_se",
+                                                  "bootstrap_ci95", "bootstrap_p", "significance"}} | null
               }, ...
             },
             "mean": {"image": ..., "pixel": ... | null, "routing_accuracy": ...,
@@ -32,6 +38,16 @@ definitions. A benchmark folder ``DIR`` holds:
           }
         }
       },
+      "seeds": [42, ...], "bootstrap_resamples": 2000,   # the first seed is the one of "results"
+      "seed_results": {"<seed>": {"<ratio>": {"categories": {...}, "mean": {...}}}},  # class_separated per seed
+      "statistics": {"<ratio>": {                # over seeds (structcore.evaluation.seeds)
+        "categories": {"<category>": {
+          "image": {"base"|"struct"|"hybrid": {"auroc"|"ap"|"f1_max": {"mean", "std", "ci95": [low, high], "n"}}},
+          "pixel": {"<metric>": {...}} | null, "pixel_full": {"<metric>", "not_seen", ...: {...}} | null,
+          "hybrid_minus_base": {...}, "auroc_ci95": {"<score>": [low, high]},  # bootstrap, mean over seeds
+          "delong_p", "delong_p_by_seed", "bootstrap_p_by_seed", "significant_seeds": {"gain", "loss"},
+          "significance": "gain" | "none" | "loss"}},
+        "mean": {"image", "pixel", "pixel_full", "hybrid_minus_base"}}},
       "ablations": {"<name>": {"description", "coreset_ratio", "variants": {
                        "<label>": {"categories": {"<category>": {"base"|"struct"|"hybrid": {auroc, ap, f1_max},
                                                                  ["lambda"]}},

@@ -32,6 +32,7 @@ class Table:
     rows: list[list[str]]
     summary_rows: int = 0
     classes: dict[tuple[int, int], str] = field(default_factory=dict)
+    note: str = ""
 
     def __post_init__(self):
         for row in self.rows:
@@ -42,6 +43,8 @@ class Table:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
                  "| " + " | ".join(["---"] * len(self.header)) + " |"]
         lines += ["| " + " | ".join(c if c != "" else MISSING_MD for c in r) + " |" for r in self.rows]
+        if self.note:
+            lines += ["", self.note]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -66,6 +69,8 @@ class Table:
                 out.append(f"<{tag}{attr}>{e(cell) if cell != '' else '&ndash;'}</{tag}>")
             out.append("</tr>")
         out.append("</tbody></table>")
+        if self.note:
+            out.append(f'<p class="note">{e(self.note)}</p>')
         return "".join(out)
 
 
@@ -100,6 +105,50 @@ def ratio_stem(key: str) -> str:
 def components_label(label: str) -> str:
     """``"std+topk"`` -> ``{sigma_S, top1%}``."""
     return "{" + ", ".join(COMPONENT_NAMES[c] for c in label.split("+")) + "}"
+
+
+def spread(summary: dict | None, digits: int = 1, scale: float = 100.0, sign: bool = False) -> str:
+    """``mean ± std`` of a seed summary in percent (``mean`` alone for one seed); ``""`` if missing."""
+    if summary is None:
+        return ""
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    text = f.format(scale * summary["mean"])
+    return text if summary["std"] is None else f"{text} ± {scale * summary['std']:.{digits}f}"
+
+
+SIGNIFICANCE_MARKS = {"gain": "+*", "loss": "-*", "none": ""}
+SEEDS_NOTE = (
+    "Mean ± std over the seeds (each seed refits projection, coreset and routing). [low, high]: the 95% "
+    "stratified bootstrap interval of the hybrid I-AUROC over the test images, averaged over seeds. "
+    "+* / -*: hybrid significantly above / below base by DeLong's test (p < 0.05) in most seeds; no mark: "
+    "no significant difference; p: the median over seeds. Full frame: pixel metrics against the original-"
+    "resolution masks, the border outside the crop (not seen) left out."
+)
+
+
+def seed_table(key: str, block: dict, seeds: list[int]) -> Table:
+    """Base / struct / hybrid I-AUROC and pixel metrics over seeds, with intervals and significance marks."""
+    header = ["Category", "Base I-AUROC", "Struct I-AUROC", "Hybrid I-AUROC", "Hybrid 95% CI", "Hybrid - base",
+              "DeLong p", "Hybrid I-AP", "Hybrid I-F1", "P-AUROC", "P-AP", "P-F1-max", "AUPRO",
+              "P-AUROC full", "P-AP full", "P-F1-max full", "AUPRO full", "Not seen"]
+    rows = []
+    for name, c in [*block["categories"].items(), ("Mean", block["mean"])]:
+        im, px, full = c["image"], c["pixel"], c["pixel_full"]
+        ci = c.get("auroc_ci95")
+        mark = SIGNIFICANCE_MARKS.get(c.get("significance") or "none", "")
+        p = c.get("delong_p")
+        rows.append([
+            name, spread(im["base"]["auroc"]), spread(im["struct"]["auroc"]),
+            f"{spread(im['hybrid']['auroc'])} {mark}".strip(),
+            f"[{100 * ci['hybrid'][0]:.1f}, {100 * ci['hybrid'][1]:.1f}]" if ci else "",
+            spread(c["hybrid_minus_base"], sign=True), "" if p is None else f"{p:.3g}",
+            spread(im["hybrid"]["ap"]), spread(im["hybrid"]["f1_max"]),
+            *[spread(px[k]) if px else "" for k in PIXEL_KEYS],
+            *[spread(full[k]) if full else "" for k in PIXEL_KEYS],
+            percent(full["not_seen"]["mean"]) if full else "",
+        ])
+    title = f"class-separated, coreset {key}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}) (%)"
+    return Table(title, header, rows, summary_rows=1, note=SEEDS_NOTE)
 
 
 # -- the paper's tables ---------------------------------------------------------------------------
@@ -204,6 +253,8 @@ def benchmark_tables(results: dict) -> dict[str, Table]:
         if block["mean"].get("decisions"):
             score = results["config"]["decision_score"]
             tables[f"decisions_{ratio_stem(key)}"] = decision_table(key, block, score)
+    for key, block in results.get("statistics", {}).items():
+        tables[f"seeds_{ratio_stem(key)}"] = seed_table(key, block, results["seeds"])
     for name, ab in results["ablations"].items():
         tables[f"ablation_{name}"] = ablation_table(name, ab, results["category_names"])
         if name == "components":

@@ -14,7 +14,7 @@ from ..evaluation.schema import (
 )
 from ..files import atomic_write_text
 from .distributions import figure_distributions
-from .figures import figure_2, figure_3, figure_base_vs_hybrid, figure_qualitative
+from .figures import figure_2, figure_3, figure_base_vs_hybrid, figure_qualitative, figure_seed_spread
 from .page import Figures, render
 
 __all__ = ["ReportError", "write_report"]
@@ -51,6 +51,8 @@ def write_report(out_dir: str | Path) -> Path:
     scores, maps = read_all(scores_file, read_scores), read_all(maps_file, read_maps)
     decision = results["config"]["decision_score"]
     figures = Figures()
+    if results.get("statistics"):
+        figures.seed_spread = attempt("seed spread", figure_seed_spread, results, fig_dir / "seed_spread.png")
     if scores:
         figures.figure_2 = attempt("Figure 2", figure_2, scores, fig_dir / "figure2_base_vs_hybrid.png")
     if scores:

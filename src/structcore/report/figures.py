@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg): Figure 2 (base vs hybrid score) and Figures 3-4 (qualitative).
+"""The report's figures (matplotlib, Agg): Figure 2 (base vs hybrid score), Figures 3-4 (qualitative) and
+the seed spread (hybrid minus base I-AUROC per category over seeds, with intervals).
 
 A decision is "reject" (anomalous) where a score is strictly greater than its threshold, as in
 :class:`structcore.detector.Prediction`.
@@ -233,6 +234,67 @@ def figure_2(scores: list[ScoreFile], path: str | Path, zoom: bool = True) -> Pa
     fig.legend(handles=_legend_handles(scores[0]), loc="lower center", ncol=legend_cols, fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    return _save(fig, path)
+
+
+# -- seed spread ----------------------------------------------------------------------------------
+SIGNIFICANCE_COLORS = {"gain": "#2ca02c", "loss": DEFECT_COLOR, "none": "0.35"}
+
+
+def _setting_label(key: str) -> str:
+    """``"0.01"`` -> ``1%``; a fixed size ``"size<N>"`` stays."""
+    return key if key.startswith("size") else f"{float(key) * 100:g}%"
+
+
+def figure_seed_spread(results: dict, path: str | Path) -> Path:
+    """Hybrid minus base I-AUROC (points) per category and coreset setting: every seed (small dots), the
+    mean with its 95% t-interval over seeds (thick bar) and the paired-bootstrap 95% interval over the test
+    images averaged over seeds (thin bar); colour = significance class by DeLong's test."""
+    stats, runs, seeds = results.get("statistics"), results.get("seed_results"), results.get("seeds")
+    if not stats or not runs:
+        raise ReportError("the seed spread needs results.json's statistics and seed_results (run the benchmark again)")
+    keys = list(stats)
+    names = list(stats[keys[0]]["categories"])
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) * len(keys) + 1.5), 4.2))
+    ticks = []
+    for j, key in enumerate(keys):
+        for i, name in enumerate(names):
+            c = stats[key]["categories"][name]
+            x = i + (j - (len(keys) - 1) / 2) * width
+            per_seed = [runs[str(sd)][key]["categories"][name] for sd in seeds]
+            diffs = [r["image"]["hybrid"]["auroc"] - r["image"]["base"]["auroc"] for r in per_seed
+                     if None not in (r["image"]["hybrid"]["auroc"], r["image"]["base"]["auroc"])]
+            if not diffs:
+                continue
+            color = SIGNIFICANCE_COLORS.get(c.get("significance") or "none", "0.35")
+            boots = [r["statistics"]["hybrid_vs_base"]["bootstrap_ci95"] for r in per_seed if r.get("statistics")]
+            if boots:
+                lo, hi = (100 * float(np.mean([b[k] for b in boots])) for k in (0, 1))
+                ax.plot([x, x], [lo, hi], color=color, lw=1, alpha=0.7)
+            m = c["hybrid_minus_base"]
+            if m["ci95"] is not None:
+                ax.plot([x, x], [100 * m["ci95"][0], 100 * m["ci95"][1]], color=color, lw=5, alpha=0.6,
+                        solid_capstyle="butt")
+            ax.scatter(x - width * (0.3 + np.linspace(0, 0.1, len(diffs))), 100 * np.array(diffs), s=10, color="k",
+                       zorder=3)
+            ax.scatter([x], [100 * m["mean"]], s=50, marker="D", color=color, edgecolors="k", zorder=4)
+            ticks.append((x, f"{name}\n{_setting_label(key)}"))
+    ax.axhline(0, color="0.5", lw=0.8, ls="--")
+    ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
+    ax.set_ylabel("hybrid - base I-AUROC (points)")
+    ax.set_title(f"Hybrid against base over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+                 f"({', '.join(_setting_label(k) for k in keys)} coreset)",
+                 fontsize=10)
+    ax.legend(handles=[
+        Line2D([], [], ls="", marker=".", color="k", label="one seed"),
+        Line2D([], [], ls="", marker="D", color="0.6", markeredgecolor="k", label="mean over seeds"),
+        Line2D([], [], lw=5, color="0.6", label="95% interval over seeds"),
+        Line2D([], [], lw=1, color="0.6", label="95% paired bootstrap (test images)"),
+        *[Patch(color=SIGNIFICANCE_COLORS[k], label=t) for k, t in
+          (("gain", "significant gain"), ("none", "no significant difference"), ("loss", "significant loss"))],
+    ], fontsize=7, loc="best", frameon=False, ncol=2)
+    fig.tight_layout()
     return _save(fig, path)
 
 

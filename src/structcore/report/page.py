@@ -36,6 +36,7 @@ class Figures:
     """The figures drawn for the page (paths inside the benchmark folder); None where not drawn."""
 
     figure_2: Path | None = None
+    seed_spread: Path | None = None
     figure_3: Path | None = None
     distributions: Path | None = None
     base_vs_hybrid: dict[str, Path] = field(default_factory=dict)
@@ -182,6 +183,21 @@ def render(results: dict, out_dir: Path, scores: list[ScoreFile], figures: Figur
         out += [t.to_html() for t in decision_tables]
         if figures.distributions is not None:
             out.append(_img(figures.distributions, out_dir, "score distributions with the thresholds"))
+    if results.get("statistics"):
+        seeds = results["seeds"]
+        out.append("<h2>Over seeds: intervals and significance</h2>")
+        out.append(f'<p class="note">Seeds {e(", ".join(map(str, seeds)))}: each refits the projection, the coreset '
+                   "and the routing prototypes on the same cached features. Hybrid against base is tested on the "
+                   "same test images by DeLong's test for correlated ROC curves (two-sided; p &lt; 0.05 marks a "
+                   "significant gain +* or loss -*); the interval of the hybrid I-AUROC is a stratified bootstrap "
+                   f"over the test images ({results['bootstrap_resamples']} resamples). Full-frame pixel metrics: "
+                   "the map mapped back to the original image, against the full-resolution mask; the border outside the crop was never seen and is left out (share in "
+                   "the last column).</p>")
+        for key in results["statistics"]:
+            out.append(f"<h3>{e(ratio_title(key))}</h3>")
+            out.append(tables[f"seeds_{ratio_stem(key)}"].to_html())
+        if figures.seed_spread is not None:
+            out.append(_img(figures.seed_spread, out_dir, "hybrid minus base over seeds"))
 
     out.append("<h2>Routing</h2>")
     out.append('<p class="note">Each test image goes to the category of its nearest routing prototype '
