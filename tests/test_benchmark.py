@@ -127,7 +127,9 @@ def test_results_schema_tables_and_figure_files(synthetic_mvtec, tiny_vit, tmp_p
         assert "| Mean |" in (out / "tables" / f"{stem}.md").read_text()
     assert "Routing acc." in (out / "tables" / "routed_coreset25.md").read_text()
     md = (out / "tables.md").read_text()
-    assert md.count("### ") == 7 and "### ablation: coreset" in md and "### decisions at the stored thresholds" in md
+    # 4 main, 2 over seeds (one seed here), 2 decision tables, 1 ablation
+    assert md.count("### ") == 9 and "### ablation: coreset" in md and "### decisions at the stored thresholds" in md
+    assert md.count("### class-separated, coreset 0.25, 1 seed (42)") == 1
 
     # score arrays for the figures: the thresholds are order statistics of the threshold-calibration scores
     sc = json.loads((out / "scores" / "widget.json").read_text())

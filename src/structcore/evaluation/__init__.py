@@ -249,6 +249,7 @@ def _seed_blocks(setup: Setup, categories: list[Category], seed: int) -> dict:
                 blocks[key]["categories"][cat.name] = r.separated.to_json()
     for block in blocks.values():
         block["mean"] = mean_of(list(block["categories"].values()))
+        _add_pooled_decisions(block)
     return blocks
 
 
@@ -267,13 +268,18 @@ def _add_means(blocks: dict) -> None:
         for block in blocks[setting].values():
             block["mean"] = mean_of(list(block["categories"].values()))
     for block in blocks["class_separated"].values():
-        cats = [c for c in block["categories"].values() if c.get("decisions")]
-        if cats:
-            block["mean"]["decisions"] = {m: pooled([c["decisions"][m] for c in cats]) for m in cats[0]["decisions"]}
+        _add_pooled_decisions(block)
     for routed in blocks["routed"].values():
         total = sum(c["n_test"] for c in routed["categories"].values())
         right = sum(c["routed_to"].get(name, 0) for name, c in routed["categories"].items())
         routed["mean"]["routing_accuracy_overall"] = right / total if total else None
+
+
+def _add_pooled_decisions(block: dict) -> None:
+    """A class-separated block's ``mean.decisions``: each threshold calibration's counts pooled over categories."""
+    cats = [c for c in block["categories"].values() if c.get("decisions")]
+    if cats:
+        block["mean"]["decisions"] = {m: pooled([c["decisions"][m] for c in cats]) for m in cats[0]["decisions"]}
 
 
 def _headline(blocks: dict, primary: str) -> dict:
