@@ -6,8 +6,12 @@ Ray's workers are other processes: they register the tiny ViT through a setup ho
 and import this checkout's src through PYTHONPATH. One Ray for the whole module (start-up costs seconds).
 """
 
+import contextlib
 import csv
+import json
 import os
+import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ from structcore.cli import main
 from structcore.config import DetectorConfig
 from structcore.data import list_images
 from structcore.detector import Detector
-from structcore.distributed import PARQUET, fit_ray, predict_ray
+from structcore.distributed import PARQUET, fit_ray, predict_ray, serve_ray
 from structcore.files import FAULT_ENV, FAULT_ONCE_ENV
 from structcore.jobs import COLUMNS, fit_model
 
@@ -128,6 +132,41 @@ def test_fit_on_ray_writes_the_model_a_local_fit_writes(synthetic_mvtec, tiny_mo
         assert a.bank.equal(b.bank) and a.prototypes.equal(b.prototypes)
         assert a.thresholds.values == b.thresholds.values and a.calibration.lam == b.calibration.lam
     assert _local_scores(tmp_path / "model", test_images) == _local_scores(tiny_model, test_images)
+
+
+def pid_app():
+    """A FastAPI app whose lifespan records the process it runs in (what a model-loading app does)."""
+    from fastapi import FastAPI
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.pid = os.getpid()
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/pid")
+    def pid():
+        return {"pid": app.state.pid}
+
+    return app
+
+
+def test_serve_on_ray_runs_replicas_of_an_app_factory():
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_ray(pid_app, replicas=2, cpus_per_replica=0.25, port=port, name="pids")
+    try:
+        replicas = serve.status().applications["pids"].deployments["pids"].replica_states
+        assert replicas == {"RUNNING": 2}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=30) as response:
+            pid = json.load(response)["pid"]
+        assert pid != os.getpid()
+    finally:
+        serve.shutdown()
 
 
 def test_the_command_line_predicts_on_ray(tiny_model, test_images, tmp_path, capsys):
