@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import socket
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,7 @@ from structcore.cli import main
 from structcore.config import DetectorConfig
 from structcore.data import list_images
 from structcore.detector import Detector
+from structcore.errors import StructcoreError
 from structcore.distributed import PARQUET, fit_ray, predict_ray, serve_ray
 from structcore.files import FAULT_ENV, FAULT_ONCE_ENV
 from structcore.jobs import COLUMNS, fit_model
@@ -102,6 +104,23 @@ def test_a_killed_actor_leaves_every_image_scored_exactly_once(tiny_model, test_
     written = [r["image"] for r in _csv(tmp_path / "out")]
     assert sorted(written) == sorted(set(written)) == sorted(str(p) for p in test_images)
     assert len(pq.read_table(tmp_path / "out" / PARQUET)) == len(test_images)
+    assert _ray_scores(rows) == _local_scores(tiny_model, test_images)
+
+
+def test_a_failed_ray_job_keeps_its_rows_and_a_rerun_scores_the_rest_once(tiny_model, test_images, tmp_path):
+    # no retries, and every actor dies at its second batch: the job fails after the first
+    env = {"env_vars": {FAULT_ENV: "ray-batch:2"}}
+    with pytest.raises(StructcoreError, match="run again into the same --out") as failed:
+        predict_ray(tiny_model, test_images, tmp_path, actors=1, cpus_per_actor=1, batch_size=2, retries=0,
+                    runtime_env=env, **QUIET)
+    kept = int(re.search(r"after (\d+) of", str(failed.value)).group(1))
+    written = [r["image"] for r in _csv(tmp_path)]
+    assert kept == 2 and len(set(written)) == len(written) == kept and set(written) < {str(p) for p in test_images}
+    lines = []
+    rows = predict_ray(tiny_model, test_images, tmp_path, actors=1, cpus_per_actor=1, batch_size=2,
+                       log=lines.append, warn=lambda m: None, progress=False)
+    assert f"resuming: 2 of {len(test_images)} images already scored in {tmp_path}" in lines
+    assert [r["image"] for r in _csv(tmp_path)] == [str(p) for p in test_images]
     assert _ray_scores(rows) == _local_scores(tiny_model, test_images)
 
 

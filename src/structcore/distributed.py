@@ -210,16 +210,22 @@ def _score_on_ray(todo: list[Path], names: dict[str, str], out: Path, scorer: di
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
             max_restarts=retries, max_task_retries=retries, **options)
     with open(out / RESULTS, "a", newline="", encoding="utf-8") as journal:
-        for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in table.to_pylist():
-                if row["image"] in new:  # a retried batch's second copy
-                    continue
-                row = {c: "" if row[c] is None and c not in _NUMBERS else row[c] for c in COLUMNS}
-                if row["error"]:
-                    warn(row["error"])
-                new[row["image"]] = row
-                journal.write(_csv_line(row))
+        try:
+            for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in table.to_pylist():
+                    if row["image"] in new:  # a retried batch's second copy
+                        continue
+                    row = {c: "" if row[c] is None and c not in _NUMBERS else row[c] for c in COLUMNS}
+                    if row["error"]:
+                        warn(row["error"])
+                    new[row["image"]] = row
+                    journal.write(_csv_line(row))
+                journal.flush()
+        except ray.exceptions.RayError as e:
             journal.flush()
+            raise StructcoreError(f"the Ray job stopped after {len(new)} of {len(todo)} images ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}); those rows are in "
+                                  f"{out / RESULTS}: run again into the same --out to score the rest") from e
     return new
 
 
