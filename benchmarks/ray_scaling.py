@@ -11,7 +11,9 @@ per-batch overhead against local scoring (README, "Scale out on Ray").
   with a fresh actor pool. Per-image cost = (T(N2) - T(N1)) / (N2 - N1), fixed cost = T(N1) - N1 x that
   (actor start, model and backbone load, Ray Data's plan). Peak RSS per actor process is sampled from
   /proc while it runs.
-* Per-batch overhead: (Ray per-image cost with one actor holding every CPU - local per-image cost) x the
+* CPU time as well as wall time: on a shared host wall time measures the share of the CPUs a run gets,
+  CPU time (from /proc: the actors, this driver, Ray's raylet/GCS/idle workers) what the work costs.
+  Overhead per batch: (actor CPU per image - local CPU per image + driver and Ray CPU per image) x the
   batch size. Each measurement is the median over ``--runs`` runs.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -32,11 +35,25 @@ from structcore.distributed import connect, predict_ray
 from structcore.jobs import fit_model
 
 
-class ActorMemory:
-    """Peak RSS (MB) of each Ray actor process running BatchScorer, sampled from /proc every 0.2 s."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(proc: Path) -> float:
+    """User + system CPU time of a process (from /proc/PID/stat)."""
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class ActorSampler:
+    """Peak RSS (MB) and last seen CPU seconds of each Ray actor process running BatchScorer, and the CPU
+    seconds Ray's own processes (raylet, GCS, workers that are not actors) spend meanwhile; from /proc
+    every 0.2 s."""
 
     def __init__(self):
         self.peak: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+        self.system_start = self._system_cpu()
+        self.system_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -47,6 +64,19 @@ class ActorMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self.system_cpu = self._system_cpu() - self.system_start
+
+    @staticmethod
+    def _system_cpu() -> float:
+        total = 0.0
+        for proc in Path("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+                if (b"raylet" in cmd or b"gcs_server" in cmd or b"default_worker" in cmd) and b"BatchScorer" not in cmd:
+                    total += _cpu_seconds(proc)
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
 
     def _sample(self):
         while not self._stop.wait(0.2):
@@ -58,7 +88,8 @@ class ActorMemory:
                         continue
                     rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
                                if line.startswith("VmRSS:"))
-                except (OSError, StopIteration, ValueError):
+                    self.cpu[int(proc.name)] = _cpu_seconds(proc)
+                except (OSError, StopIteration, ValueError, IndexError):
                     continue
                 self.peak[int(proc.name)] = max(self.peak.get(int(proc.name), 0), rss / 1024)
 
@@ -76,19 +107,22 @@ def _local(model: Path, images: list[Path], batch_size: int) -> dict:
     detector = Detector.load(model, batch_size=batch_size, progress=False)
     detector.predict(images[:batch_size], maps=False)
     load_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in detector.predict_stream(images):
         pass
-    return {"load_s": load_s, "ms_per_image": 1000 * (time.perf_counter() - started) / len(images)}
+    return {"load_s": load_s, "ms_per_image": 1000 * (time.perf_counter() - started) / len(images),
+            "cpu_ms_per_image": 1000 * (time.process_time() - cpu) / len(images)}
 
 
-def _ray_run(model: Path, images: list[Path], actors: int, cpus: float, batch_size: int) -> tuple[float, list[float]]:
-    with tempfile.TemporaryDirectory() as out, ActorMemory() as memory:
-        started = time.perf_counter()
+def _ray_run(model: Path, images: list[Path], actors: int, cpus: float, batch_size: int) -> dict:
+    """Wall time, CPU seconds (actors, this driver, Ray's own processes) and actor peak RSS of one run."""
+    with tempfile.TemporaryDirectory() as out, ActorSampler() as sampler:
+        started, driver = time.perf_counter(), time.process_time()
         predict_ray(model, images, out, actors=actors, cpus_per_actor=cpus, batch_size=batch_size, progress=False,
                     log=lambda m: None)
-        wall = time.perf_counter() - started
-    return wall, sorted(memory.peak.values())
+        wall, driver = time.perf_counter() - started, time.process_time() - driver
+    return {"wall": wall, "actor_cpu": sum(sampler.cpu.values()), "driver_cpu": driver,
+            "system_cpu": sampler.system_cpu, "rss": sorted(sampler.peak.values())}
 
 
 def main():
@@ -122,43 +156,53 @@ def main():
     rows = []
     for config in args.configs:
         actors, cpus = int(config.split("x")[0]), float(config.split("x")[1])
-        t1, t2, rss = [], [], []
-        for _ in range(args.runs):
-            wall, peaks = _ray_run(model, images[:n1], actors, cpus, args.batch_size)
-            t1.append(wall)
-            wall, peaks = _ray_run(model, images[:n2], actors, cpus, args.batch_size)
-            t2.append(wall)
-            rss.extend(peaks)
-        per_image = (statistics.median(t2) - statistics.median(t1)) / (n2 - n1)
+        small = [_ray_run(model, images[:n1], actors, cpus, args.batch_size) for _ in range(args.runs)]
+        large = [_ray_run(model, images[:n2], actors, cpus, args.batch_size) for _ in range(args.runs)]
+
+        def per_image(key):
+            return (statistics.median(r[key] for r in large) - statistics.median(r[key] for r in small)) / (n2 - n1)
+
+        def fixed(key):
+            return statistics.median(r[key] for r in small) - n1 * per_image(key)
+
+        rss = [m for r in small + large for m in r["rss"]]
         rows.append({
             "config": config, "actors": actors, "cpus_per_actor": cpus, "torch_threads": max(1, int(cpus)),
-            "wall_n1_s": statistics.median(t1), "wall_n2_s": statistics.median(t2),
-            "fixed_s": statistics.median(t1) - n1 * per_image, "ms_per_image": 1000 * per_image,
-            "images_per_s": 1 / per_image, "core_ms_per_image": 1000 * per_image * actors * cpus,
+            "runs": {"n1": small, "n2": large},
+            "fixed_s": fixed("wall"), "ms_per_image": 1000 * per_image("wall"), "images_per_s": 1 / per_image("wall"),
+            "actor_cpu_ms_per_image": 1000 * per_image("actor_cpu"), "actor_fixed_cpu_s": fixed("actor_cpu"),
+            "driver_cpu_ms_per_image": 1000 * per_image("driver_cpu"),
+            "ray_system_cpu_ms_per_image": 1000 * per_image("system_cpu"),
             "peak_rss_per_actor_mb": max(rss) if rss else None,
         })
-    one_actor = next((r for r in rows if r["actors"] == 1), None)
+    local_cpu = statistics.median(r["cpu_ms_per_image"] for r in local)
     result = {
-        "machine": f"{torch.get_num_threads()} torch threads locally; ray.init(num_cpus=2)",
+        "machine": f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads locally; ray.init(num_cpus=2)",
+        "load_average_end": os.getloadavg(),
         "category": args.category, "images": {"n1": n1, "n2": n2}, "batch_size": args.batch_size, "runs": args.runs,
         "local": {"load_s": local_load, "ms_per_image": local_ms, "images_per_s": 1000 / local_ms,
-                  "core_ms_per_image": local_ms * torch.get_num_threads()},
+                  "cpu_ms_per_image": local_cpu, "runs": local},
         "ray_init_s": init_s,
-        "per_batch_overhead_ms": None if one_actor is None else (one_actor["ms_per_image"] - local_ms) * args.batch_size,
         "ray": rows,
     }
+    for r in rows:  # Ray's CPU per batch beyond the scoring itself: actor vs local scoring, plus driver and Ray
+        r["overhead_cpu_ms_per_batch"] = args.batch_size * (r["actor_cpu_ms_per_image"] - local_cpu
+                                                            + r["driver_cpu_ms_per_image"] + r["ray_system_cpu_ms_per_image"])
     (args.out / "ray_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "| engine | actors x CPUs | fixed cost (s) | ms / image | images / s | core-ms / image | peak RSS / actor (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| local | 1 process, {torch.get_num_threads()} threads | {local_load:.1f} (model + backbone load) | {local_ms:.0f} "
-        f"| {1000 / local_ms:.2f} | {local_ms * torch.get_num_threads():.0f} | |",
+        "| engine | actors x CPUs (torch threads) | fixed wall (s) | wall ms / image | images / s | CPU ms / image: "
+        "scoring | driver + Ray's processes | overhead CPU ms / batch | peak RSS / actor (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| local | 1 process ({torch.get_num_threads()}) | {local_load:.1f} | {local_ms:.0f} | {1000 / local_ms:.2f} "
+        f"| {local_cpu:.0f} | | | |",
     ]
     for r in rows:
-        lines.append(f"| Ray | {r['actors']} x {r['cpus_per_actor']:g} | {r['fixed_s']:.1f} | {r['ms_per_image']:.0f} "
-                     f"| {r['images_per_s']:.2f} | {r['core_ms_per_image']:.0f} | {r['peak_rss_per_actor_mb']:.0f} |")
-    lines.append(f"\nray.init(num_cpus=2): {init_s:.1f} s; per-batch overhead (batch {args.batch_size}): "
-                 + ("n/a" if result["per_batch_overhead_ms"] is None else f"{result['per_batch_overhead_ms']:.0f} ms"))
+        lines.append(f"| Ray | {r['actors']} x {r['cpus_per_actor']:g} ({r['torch_threads']}) | {r['fixed_s']:.1f} "
+                     f"| {r['ms_per_image']:.0f} | {r['images_per_s']:.2f} | {r['actor_cpu_ms_per_image']:.0f} "
+                     f"| {r['driver_cpu_ms_per_image'] + r['ray_system_cpu_ms_per_image']:.0f} "
+                     f"| {r['overhead_cpu_ms_per_batch']:.0f} | {r['peak_rss_per_actor_mb']:.0f} |")
+    lines.append(f"\nray.init(num_cpus=2): {init_s:.1f} s; batch size {args.batch_size}; N1 = {n1}, N2 = {n2} images; "
+                 f"load average at the end {os.getloadavg()[0]:.1f}")
     table = "\n".join(lines)
     (args.out / "ray_scaling.md").write_text(table + "\n")
     print(table)
