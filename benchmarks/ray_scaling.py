@@ -12,7 +12,8 @@ per-batch overhead against local scoring (README, "Scale out on Ray").
   (actor start, model and backbone load, Ray Data's plan). Peak RSS per actor process is sampled from
   /proc while it runs.
 * CPU time as well as wall time: on a shared host wall time measures the share of the CPUs a run gets,
-  CPU time (from /proc: the actors, this driver, Ray's raylet/GCS/idle workers) what the work costs.
+  CPU time (from /proc: the actors, this driver, the other processes of the local Ray it started) what
+  the work costs.
   Overhead per batch: (actor CPU per image - local CPU per image + driver and Ray CPU per image) x the
   batch size. Each measurement is the median over ``--runs`` runs.
 """
@@ -38,22 +39,41 @@ from structcore.jobs import fit_model
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(proc: Path) -> float:
-    """User + system CPU time of a process (from /proc/PID/stat)."""
-    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) of every process, from /proc/PID/stat."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            found[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+    return found
 
 
-class ActorSampler:
-    """Peak RSS (MB) and last seen CPU seconds of each Ray actor process running BatchScorer, and the CPU
-    seconds Ray's own processes (raylet, GCS, workers that are not actors) spend meanwhile; from /proc
-    every 0.2 s."""
+def _descendants(processes: dict[int, tuple[int, float]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+class RaySampler:
+    """CPU seconds spent during a run by the processes of the local Ray this driver started (its
+    descendants: GCS, raylet, workers; a process that exits counts with its last sample), the part of it
+    in the BatchScorer actors, and each actor's peak RSS (MB); sampled from /proc every 0.2 s."""
 
     def __init__(self):
+        self.start = {pid: cpu for pid, (_, cpu) in _processes().items()}
+        self.last: dict[int, float] = {}
+        self.actors: set[int] = set()
         self.peak: dict[int, float] = {}
-        self.cpu: dict[int, float] = {}
-        self.system_start = self._system_cpu()
-        self.system_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -64,34 +84,28 @@ class ActorSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.system_cpu = self._system_cpu() - self.system_start
+        self._sample_once()
 
-    @staticmethod
-    def _system_cpu() -> float:
-        total = 0.0
-        for proc in Path("/proc").iterdir():
-            try:
-                cmd = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
-                if (b"raylet" in cmd or b"gcs_server" in cmd or b"default_worker" in cmd) and b"BatchScorer" not in cmd:
-                    total += _cpu_seconds(proc)
-            except (OSError, IndexError, ValueError):
-                continue
-        return total
+    def cpu(self, actors_only: bool = False) -> float:
+        return sum(cpu - self.start.get(pid, 0.0) for pid, cpu in self.last.items()
+                   if not actors_only or pid in self.actors)
 
     def _sample(self):
         while not self._stop.wait(0.2):
-            for proc in Path("/proc").iterdir():
-                if not proc.name.isdigit():
-                    continue
-                try:
-                    if b"BatchScorer" not in (proc / "cmdline").read_bytes():
-                        continue
-                    rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
+            self._sample_once()
+
+    def _sample_once(self):
+        processes = _processes()
+        for pid in _descendants(processes, os.getpid()):
+            self.last[pid] = processes[pid][1]
+            try:
+                if b"BatchScorer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    self.actors.add(pid)
+                    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                                if line.startswith("VmRSS:"))
-                    self.cpu[int(proc.name)] = _cpu_seconds(proc)
-                except (OSError, StopIteration, ValueError, IndexError):
-                    continue
-                self.peak[int(proc.name)] = max(self.peak.get(int(proc.name), 0), rss / 1024)
+                    self.peak[pid] = max(self.peak.get(pid, 0.0), rss / 1024)
+            except (OSError, StopIteration, ValueError):
+                continue
 
 
 def _fit(data: Path, category: str, n_train: int, folder: Path) -> Path:
@@ -116,13 +130,14 @@ def _local(model: Path, images: list[Path], batch_size: int) -> dict:
 
 def _ray_run(model: Path, images: list[Path], actors: int, cpus: float, batch_size: int) -> dict:
     """Wall time, CPU seconds (actors, this driver, Ray's own processes) and actor peak RSS of one run."""
-    with tempfile.TemporaryDirectory() as out, ActorSampler() as sampler:
+    with tempfile.TemporaryDirectory() as out, RaySampler() as sampler:
         started, driver = time.perf_counter(), time.process_time()
         predict_ray(model, images, out, actors=actors, cpus_per_actor=cpus, batch_size=batch_size, progress=False,
                     log=lambda m: None)
         wall, driver = time.perf_counter() - started, time.process_time() - driver
-    return {"wall": wall, "actor_cpu": sum(sampler.cpu.values()), "driver_cpu": driver,
-            "system_cpu": sampler.system_cpu, "rss": sorted(sampler.peak.values())}
+    actor_cpu = sampler.cpu(actors_only=True)
+    return {"wall": wall, "actor_cpu": actor_cpu, "driver_cpu": driver, "system_cpu": sampler.cpu() - actor_cpu,
+            "rss": sorted(sampler.peak.values())}
 
 
 def main():

@@ -59,15 +59,21 @@ def test_images(synthetic_mvtec) -> list[Path]:
     return sorted(p for c in ("widget", "gadget") for p in (synthetic_mvtec / c / "test").rglob("*.png"))
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _local_scores(model: Path, images: list[Path]) -> dict[str, dict]:
     """Local predict's scores with one torch thread, as in the actors: torch's parallel reductions sum in
     another order with another thread count (1 vs 2 threads moves real scores by ~1e-7 relative)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         preds = Detector.load(model, progress=False).predict(images)
-    finally:
-        torch.set_num_threads(threads)
     return {p.path: {"category": p.category, **p.scores} for p in preds}
 
 
@@ -196,9 +202,15 @@ def test_the_command_line_predicts_on_ray(tiny_model, test_images, tmp_path, cap
 
 
 @pytest.mark.real
-def test_ray_scores_equal_local_predict_on_real_bottle_and_screw(mvtec_root, tmp_path):
+def test_ray_fit_and_scores_equal_local_ones_on_real_bottle_and_screw(mvtec_root, tmp_path):
     sets = {c: sorted((mvtec_root / c / "train" / "good").glob("*.png"))[:10] for c in ("bottle", "screw")}
-    fit_model(sets, tmp_path / "model", DetectorConfig(), log=lambda m: None, progress=False)
+    with _torch_threads(2):  # as many as each task gets, so the fp32 train features are the same
+        fit_model(sets, tmp_path / "local", DetectorConfig(), log=lambda m: None, progress=False)
+    fit_ray(sets, tmp_path / "model", DetectorConfig(), cpus_per_task=2, log=lambda m: None, progress=False)
+    local, remote = Detector.load(tmp_path / "local"), Detector.load(tmp_path / "model")
+    for name in sets:
+        assert local.categories_[name].bank.equal(remote.categories_[name].bank)
+        assert local.categories_[name].thresholds.values == remote.categories_[name].thresholds.values
     images = [p for c in ("bottle", "screw") for p in sorted((mvtec_root / c / "test").rglob("*.png"))[::40]]
     rows = predict_ray(tmp_path / "model", images, tmp_path / "out", actors=2, cpus_per_actor=1, batch_size=8, **QUIET)
     assert {r["category"] for r in rows} == {"bottle", "screw"}
