@@ -174,10 +174,10 @@ def main():
         small = [_ray_run(model, images[:n1], actors, cpus, args.batch_size) for _ in range(args.runs)]
         large = [_ray_run(model, images[:n2], actors, cpus, args.batch_size) for _ in range(args.runs)]
 
-        def per_image(key):
+        def per_image(key, small=small, large=large):
             return (statistics.median(r[key] for r in large) - statistics.median(r[key] for r in small)) / (n2 - n1)
 
-        def fixed(key):
+        def fixed(key, small=small):
             return statistics.median(r[key] for r in small) - n1 * per_image(key)
 
         rss = [m for r in small + large for m in r["rss"]]

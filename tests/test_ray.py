@@ -25,8 +25,8 @@ from structcore.cli import main
 from structcore.config import DetectorConfig
 from structcore.data import list_images
 from structcore.detector import Detector
-from structcore.errors import StructcoreError
 from structcore.distributed import PARQUET, fit_ray, predict_ray, serve_ray
+from structcore.errors import StructcoreError
 from structcore.files import FAULT_ENV, FAULT_ONCE_ENV
 from structcore.jobs import COLUMNS, fit_model
 
