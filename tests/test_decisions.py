@@ -111,3 +111,26 @@ def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_m
     err = capsys.readouterr().err
     assert "1 of the 8 train images" in err and train[0].name in err
     assert (model / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["in-sample", "k-fold"])
+def test_threshold_calibration_leaves_the_scores_untouched(synthetic_mvtec, tiny_backbone, method):
+    """Only the thresholds depend on the threshold calibration: mu, sigma, lambda and every score do not."""
+    from structcore import Detector, DetectorConfig
+
+    train = sorted((synthetic_mvtec / "widget" / "train" / "good").iterdir())
+    test = sorted((synthetic_mvtec / "widget" / "test").rglob("*.png"))
+    base = dict(backbone="tiny", resize=64, crop=56, blocks=(-1, -2), projection_dim=16, coreset_ratio=0.25)
+    fits = {}
+    for m in ("leave-one-out", method):
+        det = Detector(DetectorConfig(**base, threshold_calibration=m), precision="fp32", progress=False)
+        model = det.fit("widget", train)
+        fits[m] = (det, model)
+    (loo, a), (other, b) = fits["leave-one-out"], fits[method]
+    assert a.calibration.lam == b.calibration.lam and np.array_equal(a.calibration.mu, b.calibration.mu)
+    assert [p.scores for p in loo.predict(test, "widget")] == [p.scores for p in other.predict(test, "widget")]
+    assert a.thresholds.method == "leave-one-out" and b.thresholds.method == method
+    # a train image scored without its own bank entries (leave-one-out) scores at least as high as in-sample
+    if method == "in-sample":
+        assert (a.thresholds.scores["base"] >= b.thresholds.scores["base"] - 1e-9).all()
+        assert a.thresholds.scores["base"].mean() > b.thresholds.scores["base"].mean()

@@ -25,6 +25,7 @@ Decoding decisions made by :func:`load_image` (all images become 8-bit RGB):
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -50,21 +51,27 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
         raise DataError(f"{path}: no such {what} file")
     if not path.is_file():
         raise DataError(f"{path}: is a folder, not an {what} file")
+    return _decode(path, path, what)
+
+
+def _decode(source, name, what: str) -> Image.Image:
+    """Open ``source`` (a path or a binary file object), decode every pixel and apply the EXIF
+    orientation; errors become DataError naming ``name``."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # decode now, so truncated / corrupt data fails here and not later
             try:
                 out = ImageOps.exif_transpose(im)
             except Exception as e:  # a broken EXIF block should not make an image unusable
-                warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({e})", stacklevel=3)
+                warnings.warn(f"{name}: ignoring unreadable EXIF orientation ({e})", stacklevel=4)
                 out = im.copy()
             if out is im:  # older Pillow may return the same object; detach from the file
                 out = im.copy()
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: image is too large to decode safely ({e})") from e
+        raise DataError(f"{name}: image is too large to decode safely ({e})") from e
     except Exception as e:
         raise DataError(
-            f"{path}: cannot read this {what} file ({type(e).__name__}: {e}); "
+            f"{name}: cannot read this {what} file ({type(e).__name__}: {e}); "
             "it is corrupt, truncated or not an image - replace or remove it"
         ) from e
     return out
@@ -93,6 +100,14 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     return _to_rgb(_open_decoded(path, "image"), path)
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """An image file's bytes (an upload, say) as 8-bit ``"RGB"``, by the same rules as :func:`load_image`,
+    so the same file gives the same pixels either way. ``name`` is for messages."""
+    if not data:
+        raise DataError(f"{name}: the file is empty (0 bytes)")
+    return _to_rgb(_decode(io.BytesIO(data), name, "image"), name)
 
 
 def _to_rgb(im: Image.Image, name) -> Image.Image:
