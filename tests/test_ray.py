@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import ray
 import torch
 
 from structcore.cli import main
+from structcore.cli.serve import replica_app
 from structcore.config import DetectorConfig
 from structcore.data import list_images
 from structcore.detector import Detector
@@ -158,37 +160,21 @@ def test_fit_on_ray_writes_the_model_a_local_fit_writes(synthetic_mvtec, tiny_mo
     assert _local_scores(tmp_path / "model", test_images) == _local_scores(tiny_model, test_images)
 
 
-def pid_app():
-    """A FastAPI app whose lifespan records the process it runs in (what a model-loading app does)."""
-    from fastapi import FastAPI
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        app.state.pid = os.getpid()
-        yield
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/pid")
-    def pid():
-        return {"pid": app.state.pid}
-
-    return app
-
-
-def test_serve_on_ray_runs_replicas_of_an_app_factory():
+def test_serve_on_ray_runs_replicas_of_the_structcore_app(tiny_model):
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve_ray(pid_app, replicas=2, cpus_per_replica=0.25, port=port, name="pids")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # what `structcore serve --engine ray --replicas 2` runs: each replica loads the model itself
+    app = partial(replica_app, str(tiny_model), {"precision": "fp32"}, {"threads": 1})
+    serve_ray(app, replicas=2, cpus_per_replica=0.25, port=port, name="structcore-test")
     try:
-        replicas = serve.status().applications["pids"].deployments["pids"].replica_states
+        replicas = serve.status().applications["structcore-test"].deployments["structcore-test"].replica_states
         assert replicas == {"RUNNING": 2}
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=30) as response:
-            pid = json.load(response)["pid"]
-        assert pid != os.getpid()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=60) as response:
+            model = json.load(response)
+        assert [c["name"] for c in model["categories"]] == ["gadget", "widget"]
     finally:
         serve.shutdown()
 

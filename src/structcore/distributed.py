@@ -306,7 +306,10 @@ def serve_ray(app_factory: Callable[[], object], *, replicas: int = 2, cpus_per_
     connect(address)
     from ray import serve
 
+    def build_app():  # Ray Serve calls a plain function in each replica; any other callable is taken as the app
+        return app_factory()
+
     serve.start(http_options={"host": host, "port": port})
-    deployment = serve.deployment(serve.ingress(app_factory)(), name=name, num_replicas=replicas,
+    deployment = serve.deployment(serve.ingress(build_app)(), name=name, num_replicas=replicas,
                                   ray_actor_options={"num_cpus": cpus_per_replica})
     return serve.run(deployment.bind(), name=name, route_prefix="/")
