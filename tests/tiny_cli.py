@@ -1,6 +1,7 @@
 """Run the ``structcore`` command line with the tiny random ViT of conftest.py registered as backbone "tiny".
 
-For tests that need real processes (concurrent writers, kills): ``python tests/tiny_cli.py fit ...``.
+For tests that need real processes (concurrent writers, kills): ``python tests/tiny_cli.py fit ...``; Ray
+workers import it through their setup hook (tests/test_ray.py).
 Subprocesses do not load conftest.py, so the backbone is registered here the same way (same seed, same
 weights record), and models fitted here load in the test process and the other way round.
 """
@@ -29,7 +30,12 @@ def _load(weights=None):
     return _cache[0]
 
 
-register_backbone("tiny", _load, embed_dim=48, patch_size=14, depth=4)
+def register():
+    """Register the tiny ViT as backbone "tiny" (also a Ray ``worker_process_setup_hook``: "tiny_cli.register")."""
+    register_backbone("tiny", _load, embed_dim=48, patch_size=14, depth=4)
+
+
+register()
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -189,6 +189,7 @@ def check_writable_folder(folder: str | Path, option: str) -> Path:
 
 # -- fault injection (tests) ------------------------------------------------------------------------
 FAULT_ENV = "STRUCTCORE_FAULT"
+FAULT_ONCE_ENV = "STRUCTCORE_FAULT_ONCE"
 DELAY_ENV = "STRUCTCORE_DELAY"
 _fault_hits: dict[str, int] = {}
 
@@ -196,7 +197,9 @@ _fault_hits: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """Kill the process here (``os._exit(86)``, no cleanup) when ``$STRUCTCORE_FAULT`` is ``name`` or
     ``name:N`` (at the N-th time this point is reached); sleep here when ``$STRUCTCORE_DELAY`` is
-    ``name:SECONDS``. Lets tests kill a real writer at each step, or widen a race window, deterministically."""
+    ``name:SECONDS``. Lets tests kill a real writer at each step, or widen a race window, deterministically.
+    With ``$STRUCTCORE_FAULT_ONCE`` naming a file, only the first process to create that file is killed
+    (so a restarted worker, which sees the same environment, runs on)."""
     delay = os.environ.get(DELAY_ENV, "")
     if delay.partition(":")[0] == name:
         time.sleep(float(delay.partition(":")[2] or 1))
@@ -207,5 +210,16 @@ def fault_point(name: str) -> None:
     if want != name:
         return
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] >= int(count or 1):
+    if _fault_hits[name] >= int(count or 1) and _first_to_claim(os.environ.get(FAULT_ONCE_ENV)):
         os._exit(86)
+
+
+def _first_to_claim(marker: str | None) -> bool:
+    """True without a marker file; with one, True only for the process that creates it."""
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

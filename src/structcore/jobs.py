@@ -21,7 +21,7 @@ from PIL import Image
 
 from .config import DetectorConfig
 from .data import list_images, load_mvtec
-from .detector import Detector, Prediction
+from .detector import CategoryModel, Detector, Prediction
 from .errors import ConfigError, DataError
 from .files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder, exclusive, fault_point
 from .model_io import MANIFEST, recover
@@ -56,13 +56,17 @@ def _check_add_options(out: Path, model: DetectorConfig, options: dict):
 
 def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConfig | None = None, *,
               add: bool = False, overwrite: bool = False, options: dict | None = None,
-              lock_timeout: float | None = None, log: Callable[[str], None] = print, **runtime) -> Detector:
+              lock_timeout: float | None = None, log: Callable[[str], None] = print,
+              fit_categories: Callable[[Detector, dict[str, list[Path]], Callable[[str], None]], None] | None = None,
+              **runtime) -> Detector:
     """Fit each category of ``sets`` and write the model folder ``out``.
 
     ``add``: into the model there; a category it already has is refitted only with ``overwrite``, and
     ``options`` (config fields the caller set explicitly) must agree with the model's. Holds ``out``'s lock
     from loading to writing, so concurrent ``add`` runs wait for each other and none loses the other's work
-    (``lock_timeout``: seconds to wait, None = as long as it takes).
+    (``lock_timeout``: seconds to wait, None = as long as it takes). ``fit_categories(detector, sets, log)``
+    fits the categories into ``detector`` (default: one after the other in this process; see
+    :func:`structcore.distributed.fit_ray`).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -86,20 +90,31 @@ def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConf
                 raise DataError(f"{out} already holds a model; use --add to add categories or --overwrite to replace it")
             detector = Detector(config, **runtime)
         fault_point("fit-loaded")
-        for name, paths in sets.items():
-            _fit_category(detector, name, [Path(p).absolute() for p in paths], log)
+        absolute = {name: [Path(p).absolute() for p in paths] for name, paths in sets.items()}
+        (fit_categories or _fit_each)(detector, absolute, log)
         detector.save(out)
     log(f"model written to {out}")
     return detector
 
 
+def _fit_each(detector: Detector, sets: dict[str, list[Path]], log: Callable[[str], None]):
+    for name, paths in sets.items():
+        _fit_category(detector, name, paths, log)
+
+
 def _fit_category(detector: Detector, name: str, paths: list[Path], log: Callable[[str], None]):
     model = detector.fit(name, paths)
+    log_fitted(model, len(paths), log)
+    return model
+
+
+def log_fitted(model: CategoryModel, n_images: int, log: Callable[[str], None]):
+    """One line on a fitted category: its bank, lambda and thresholds."""
+    name = model.name
     t = model.thresholds
-    log(f"{name}: {len(paths)} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
+    log(f"{name}: {n_images} train images, bank {len(model.bank)} entries, lambda {model.calibration.lam:.4g}, "
         f"thresholds ({t.method}, false-reject rate {t.false_reject_rate:g}) base {t.values['base']:.4g} "
         f"hybrid {t.values['hybrid']:.4g} pixel {t.values['pixel']:.4g}")
-    return model
 
 
 def _threshold_changes(before: dict[str, float], after: dict[str, float]) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..errors import ConfigError
 from ..feature_cache import default_folder
 from ..jobs import fit_model, training_sets, update_category
-from .options import (add_lock_option, add_model_options, add_runtime_options, config_from_args, given_model_options,
-                      runtime_from_args)
+from .options import (add_engine_options, add_lock_option, add_model_options, add_runtime_options, config_from_args,
+                      given_model_options, positive_float, runtime_from_args)
 
 
 def register(sub):
@@ -28,6 +30,9 @@ def register(sub):
     add_lock_option(p)
     add_model_options(p)
     add_runtime_options(p)
+    g = add_engine_options(p, "one task per category, merged into one model folder here")
+    g.add_argument("--cpus-per-task", type=positive_float, default=1.0,
+                   help="with --engine ray: CPUs each category's task holds (default %(default)s)")
     p.set_defaults(func=run, validate=validate)
 
 
@@ -36,6 +41,8 @@ def validate(args):
     config_from_args(args)
     if args.update and (not args.good or args.data or args.add):
         raise ConfigError("--update CATEGORY takes the new good images from --good FOLDER (no --data, no --add)")
+    if args.update and args.engine == "ray":
+        raise ConfigError("--update refits one category here; drop --engine ray")
 
 
 def run(args):
@@ -48,5 +55,10 @@ def run(args):
         return
     config = None if args.add else config_from_args(args)
     sets = training_sets(args.data, args.categories, args.good, args.category)
-    fit_model(sets, args.out, config, add=args.add, overwrite=args.overwrite,
-              options=given_model_options(args) if args.add else None, lock_timeout=args.lock_timeout, **runtime)
+    fit = fit_model
+    if args.engine == "ray":
+        from ..distributed import fit_ray
+
+        fit = partial(fit_ray, address=args.address, cpus_per_task=args.cpus_per_task)
+    fit(sets, args.out, config, add=args.add, overwrite=args.overwrite,
+        options=given_model_options(args) if args.add else None, lock_timeout=args.lock_timeout, **runtime)

@@ -100,6 +100,19 @@ def add_lock_option(p: argparse.ArgumentParser):
                    "(default: as long as it takes; 0: fail at once)")
 
 
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+
+
+def add_engine_options(p: argparse.ArgumentParser, workers: str):
+    """``--engine {local,ray}`` and the Ray cluster's address; ``workers`` says what runs on Ray."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help=f"local: this process; ray: {workers} on a Ray cluster (pip install 'structcore[ray]')")
+    g.add_argument("--address", default=None, help="with --engine ray: the Ray cluster to join (e.g. auto, "
+                   "ray://HOST:10001; default: a new local Ray on this machine)")
+    return g
+
+
 def add_runtime_options(p: argparse.ArgumentParser):
     """Options that change how, not what, is computed."""
     g = p.add_argument_group("runtime")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
+import time
+from functools import partial
+from pathlib import Path
 
 from ..detector import Detector
 from ..errors import ConfigError
-from .options import add_runtime_options, positive_int, runtime_from_args
+from .options import add_engine_options, add_runtime_options, positive_float, positive_int, runtime_from_args
 
 TOKEN_VARIABLE = "STRUCTCORE_API_TOKEN"
 
@@ -30,6 +34,11 @@ def register(sub):
                    help="decoded pixels per image (default %(default)s); larger images get 413")
     p.add_argument("--max-batch", type=positive_int, default=16, help="images per batch request (default %(default)s)")
     add_runtime_options(p)
+    g = add_engine_options(p, "Ray Serve runs --replicas copies of the app behind one endpoint")
+    g.add_argument("--replicas", type=positive_int, default=2, help="with --engine ray: replicas, each loading the "
+                   "model (default %(default)s)")
+    g.add_argument("--cpus-per-replica", type=positive_float, default=1.0,
+                   help="with --engine ray: CPUs each replica holds, fractions allowed (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -50,11 +59,41 @@ def run(args) -> int:
     if token is None and not _is_loopback(args.host):
         print(f"structcore: warning: serving on {args.host} without a token: anyone who can reach it may use "
               f"the model; set {TOKEN_VARIABLE}", file=sys.stderr)
-    detector = Detector.load(args.model, **runtime_from_args(args))
     url = f"http://{args.host}:{args.port}"
-    app = create_app(detector, queue_size=args.queue_size, token=token, max_body_bytes=args.max_body_mb * 1024 * 1024,
-                     max_pixels=args.max_pixels, max_batch=args.max_batch, threads=args.threads,
+    options = dict(queue_size=args.queue_size, token=token, max_body_bytes=args.max_body_mb * 1024 * 1024,
+                   max_pixels=args.max_pixels, max_batch=args.max_batch)
+    if args.engine == "ray":
+        return _serve_on_ray(args, url, options)
+    detector = Detector.load(args.model, **runtime_from_args(args))
+    app = create_app(detector, **options, threads=args.threads,
                      on_ready=lambda: print(f"structcore serve: model {args.model} loaded and warm; ready at {url}",
                                             file=sys.stderr, flush=True))
     serve(app, args.host, args.port)
     return 0
+
+
+def replica_app(model: str, runtime: dict, options: dict):
+    """The app of one Ray Serve replica: the model loaded in the replica's own process."""
+    from ..service import create_app
+
+    return create_app(Detector.load(model, **runtime), **options)
+
+
+def _serve_on_ray(args, url: str, options: dict) -> int:
+    from ..distributed import serve_ray
+
+    threads = args.threads or max(1, math.floor(args.cpus_per_replica))
+    factory = partial(replica_app, str(Path(args.model).absolute()), runtime_from_args(args),
+                      {**options, "threads": threads})
+    serve_ray(factory, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica, address=args.address,
+              host=args.host, port=args.port)
+    print(f"structcore serve: {args.replicas} Ray Serve replicas of model {args.model} ready at {url}",
+          file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+        raise
