@@ -103,6 +103,7 @@ def test_the_readme_python_example_runs(mvtec_root, tmp_path, monkeypatch, capsy
     exec(compile(code.replace('"../shared/data/mvtec_ad', f'"{mvtec_root}'), "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("reject")  # the broken bottle, given as an array
-    assert "unknown category 'nut'" in out[2]
-    assert sum(" accept " in line or " reject " in line for line in out[3:-1]) == 20  # the 20 good test images
+    assert out[2].startswith("[{'x0': ") and out[2].endswith("] (900, 900)")  # its regions, original frame
+    assert "unknown category 'nut'" in out[3]
+    assert sum(" accept " in line or " reject " in line for line in out[4:-1]) == 20  # the 20 good test images
     assert out[-1].endswith(" of 40 rejected")  # the StructCore scorer over the toy detector's maps
