@@ -107,3 +107,11 @@ def test_corrupt_file_is_rewritten_and_disabled_cache_extracts(synthetic_mvtec, 
     counted.clear()
     out = off.layer_tokens(ex, _ctx(), paths, [-1], num_workers=0, progress=False)
     assert counted and torch.equal(out[0], good[0]) and not off.enabled
+
+
+def test_a_path_through_dot_dot_is_the_same_key(tmp_path):
+    (tmp_path / "sub").mkdir()
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    assert image_key(tmp_path / "sub" / ".." / "a.png", _ctx()) == image_key(image, _ctx())
+    assert image_key(image, _ctx()) != image_key(image, _ctx(precision="bf16"))

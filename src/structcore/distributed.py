@@ -24,9 +24,9 @@ import torch
 
 from .detector import Detector, Prediction
 from .errors import CalibrationWarning, ConfigError, DataError, StructcoreError, WeightsError
-from .files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder, exclusive, fault_point
-from .jobs import (COLUMNS, RESULTS, RUN_RECORD, _NUMBERS, _csv_line, _earlier_rows, _names_beside, _save_npy,
-                   _score_chunk, collect_images, failure_row, fit_model, log_fitted, prediction_row, run_key)
+from .files import atomic_write, atomic_write_text, check_writable_folder, exclusive, fault_point
+from .jobs import (COLUMNS, RESULTS, _NUMBERS, _csv_line, _save_npy, _score_chunk, collect_images, failure_row,
+                   fit_model, log_fitted, plan_resume, prediction_row, run_key)
 
 PARQUET = "predictions.parquet"
 
@@ -151,19 +151,8 @@ def predict_ray(model_folder: str | Path, inputs: list[str | Path], out: str | P
         detector._require_fitted(category)
     out = check_writable_folder(out, "--out").absolute()
     with exclusive(out, timeout=lock_timeout, log=log):
-        key = run_key(detector, category)
-        earlier = _earlier_rows(out, key)
-        if not earlier and (out / RESULTS).exists():
-            log(f"{out / RESULTS} holds results of another model or other settings; they are replaced")
-        mine = {str(p) for p in paths}
-        kept = [r for r in earlier if r["image"] not in mine]
-        names = _names_beside(paths, {Path(r["map"]).stem for r in kept if r["map"]})
-        done = {r["image"]: r for r in earlier
-                if r["image"] in names and _scored_before(out, r, names[r["image"]], write_maps)}
-        if done:
-            log(f"resuming: {len(done)} of {len(paths)} images already scored in {out}")
-        atomic_write_text(out / RESULTS, "".join([",".join(COLUMNS) + "\n", *map(_csv_line, [*kept, *done.values()])]))
-        atomic_write_json(out / RUN_RECORD, {"key": key})
+        kept, names, done = plan_resume(out, run_key(detector, category), paths,
+                                        lambda row, name: _scored_before(out, row, name, write_maps), log)
         (out / "predictions.json").unlink(missing_ok=True)  # a local run's, now stale
         todo = [p for p in paths if str(p) not in done]
         started = time.perf_counter()

@@ -10,7 +10,7 @@ block extracted so far (``i`` the positive block index) and, as metadata, what t
 
 The key of an image is the sha256 of
 
-* the image file: its absolute path, size in bytes and ``mtime_ns`` (editing or replacing a file
+* the image file: its absolute path (normalised, symlinks kept), size in bytes and ``mtime_ns`` (editing or replacing a file
   changes the key; the pixels are not hashed, which keeps a cache lookup to one ``stat``),
 * the backbone name and the sha256 of its weights file,
 * the preprocessing (resize, crop, mean, std),
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ class CacheStats:
 
 def image_key(path: str | Path, context: CacheContext) -> str:
     """The cache key of one image file under ``context`` (see the module docstring)."""
-    path = Path(path).absolute()
+    path = Path(os.path.abspath(path))  # "a/../b" and "b" are one file: one key
     st = path.stat()
     payload = {"file": [str(path), st.st_size, st.st_mtime_ns], **context.as_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

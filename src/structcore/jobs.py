@@ -308,6 +308,25 @@ def _reusable(out: Path, row: dict, name: str) -> bool:
             and (not row["mask"] or (out / row["mask"]).is_file()))
 
 
+def plan_resume(out: Path, key: str, paths: list[Path], reusable: Callable[[dict, str], bool],
+                log: Callable[[str], None]) -> tuple[list[dict], dict[str, str], dict[str, dict]]:
+    """What a predict run into ``out`` (with run ``key``) keeps from an earlier one: the rows of other images,
+    each input's output name, and the earlier rows of inputs it need not score again (``reusable(row, name)``);
+    then the journal ``predictions.csv`` holds just those rows."""
+    earlier = _earlier_rows(out, key)
+    if not earlier and (out / RESULTS).exists():
+        log(f"{out / RESULTS} holds results of another model or other settings; they are replaced")
+    mine = {str(p) for p in paths}
+    kept = [r for r in earlier if r["image"] not in mine]  # other images' rows stay
+    names = _names_beside(paths, {Path(r["map"]).stem for r in kept if r["map"]})
+    done = {r["image"]: r for r in earlier if r["image"] in names and reusable(r, names[r["image"]])}
+    if done:
+        log(f"resuming: {len(done)} of {len(paths)} images already scored in {out}")
+    atomic_write_text(out / RESULTS, "".join([",".join(COLUMNS) + "\n", *map(_csv_line, [*kept, *done.values()])]))
+    atomic_write_json(out / RUN_RECORD, {"key": key})
+    return kept, names, done
+
+
 def _score_chunk(detector: Detector, paths: list[Path], category: str | None) -> list[Prediction | DataError]:
     """Predictions of ``paths``; an image that cannot be read gives its DataError instead (the others are
     scored one by one when a chunk holds such an image)."""
@@ -347,19 +366,8 @@ def predict_files(detector: Detector, inputs: list[str | Path], out: str | Path,
         detector._require_fitted(category)
     out = check_writable_folder(out, "--out")
     with exclusive(out, timeout=lock_timeout, log=log):
-        key = run_key(detector, category)
-        earlier = _earlier_rows(out, key)
-        if not earlier and (out / RESULTS).exists():
-            log(f"{out / RESULTS} holds results of another model or other settings; they are replaced")
-        mine = {str(p) for p in paths}
-        kept = [r for r in earlier if r["image"] not in mine]  # other images' rows stay
-        names = _names_beside(paths, {Path(r["map"]).stem for r in kept if r["map"]})
-        done = {r["image"]: r for r in earlier if r["image"] in names and _reusable(out, r, names[r["image"]])}
-        if done:
-            log(f"resuming: {len(done)} of {len(paths)} images already scored in {out}")
-        journal_rows = [*kept, *done.values()]
-        atomic_write_text(out / RESULTS, "".join([",".join(COLUMNS) + "\n", *map(_csv_line, journal_rows)]))
-        atomic_write_json(out / RUN_RECORD, {"key": key})
+        kept, names, done = plan_resume(out, run_key(detector, category), paths,
+                                        lambda row, name: _reusable(out, row, name), log)
         todo = [p for p in paths if str(p) not in done]
         new: dict[str, dict] = {}
         with open(out / RESULTS, "a", newline="", encoding="utf-8") as journal:
