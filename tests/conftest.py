@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random ViT for fast tests, and the paths of the real data."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,10 @@ from PIL import Image
 from structcore.backbones import register_backbone
 from structcore.vit import VisionTransformer, ViTConfig
 from structcore.weights import WeightsInfo
+
+# the unit tests run the backbone on torch unless a test asks for OpenVINO (test_runtime.py), so that each
+# tiny random ViT is not converted first; subprocesses started by the tests inherit this
+os.environ.setdefault("STRUCTCORE_RUNTIME", "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

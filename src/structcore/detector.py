@@ -27,6 +27,7 @@ from .data import iter_batches
 from .feature_cache import CacheContext, FeatureCache
 from .errors import CalibrationWarning, ConfigError, DataError, ModelFileError, NotFittedError, UnknownCategoryError, WeightsError
 from .features import FeatureExtractor, Preprocess, fuse_layers, random_projection, resolve_precision
+from .runtime import resolve_runtime
 from .images import source_name, source_size
 from .knn import BACKENDS, MemoryBank
 from .model_io import check_detector_manifest, read_model, write_model
@@ -120,7 +121,9 @@ class Detector:
 
     ``precision`` is the backbone's for the images scored (``auto``: bf16 where the CPU or GPU has bf16
     matrix units), ``fit_precision`` its precision for the train images: fp32 by default, so the memory
-    bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset).
+    bank and calibration are the fp32 pipeline's (a bf16 fit picks a different coreset). ``runtime`` runs
+    the backbone on ``torch`` or ``openvino`` (:mod:`structcore.runtime`; default ``$STRUCTCORE_RUNTIME``,
+    else ``auto``: OpenVINO on a CPU where it is installed).
     ``coreset_selector(features, n_select, seed, progress=...)`` returns the bank's row indices (default
     :func:`~structcore.coreset.greedy_coreset`). ``feature_cache``: a folder where the train images' raw
     block tokens are kept (:mod:`structcore.feature_cache`), so refitting on them again is cheap.
@@ -141,6 +144,7 @@ class Detector:
         fit_precision: str | None = None,
         coreset_selector: Callable[..., torch.Tensor] = greedy_coreset,
         feature_cache: str | Path | None = None,
+        runtime: str | None = None,
     ):
         if precision not in PRECISIONS or (fit_precision is not None and fit_precision not in PRECISIONS):
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r} / {fit_precision!r}")
@@ -162,6 +166,7 @@ class Detector:
         if self.device.type not in ("cpu", "cuda"):
             raise ConfigError(f"device {device!r}: structcore runs on cpu or cuda; use --device cpu, cuda or auto")
         self.precision = resolve_precision(precision, self.device)
+        self.runtime = resolve_runtime(runtime, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
         self.batch_size = batch_size
         self.knn_backend = knn_backend
@@ -202,7 +207,8 @@ class Detector:
         self._ensure_backbone()
         if precision not in self._extractors:
             self._extractors[precision] = FeatureExtractor(
-                self._backbone, self.config.blocks, self.projection_, precision, self.device, self.compile
+                self._backbone, self.config.blocks, self.projection_, precision, self.device, self.compile,
+                self.runtime, f"{self.config.backbone}:{self.weights_info_.sha256}", self.progress,
             )
         return self._extractors[precision]
 
@@ -249,7 +255,7 @@ class Detector:
         if self.feature_cache.enabled and all(isinstance(i, (str, Path)) for i in images):
             extractor = self.extractor(self.fit_precision)
             context = CacheContext(self.config.backbone, self.weights_info_.sha256, self.config.preprocess,
-                                   self.fit_precision, self.device.type)
+                                   self.fit_precision, self.device.type, self.runtime)
             features = self.feature_cache.layer_tokens(extractor, context, images, self.config.blocks, self.batch_size,
                                                        self.num_workers, self.progress, desc, reduce=self.fuse)
         else:
@@ -480,6 +486,7 @@ class Detector:
             "config": asdict(self.config),
             "precision": self.precision,
             "fit_precision": self.fit_precision,
+            "fit_runtime": self.runtime,
             "weights": {
                 "name": self.config.backbone,
                 "sha256": self.weights_info_.sha256,

@@ -67,6 +67,7 @@ class CacheContext:
     preprocess: Preprocess
     precision: str
     device_type: str
+    runtime: str = "torch"
 
     def as_dict(self) -> dict:
         p = self.preprocess
@@ -80,6 +81,8 @@ class CacheContext:
             "std": [float(v) for v in p.std],
             "precision": self.precision,
             "device_type": self.device_type,
+            # torch-runtime keys are those written before runtimes existed, so their caches stay valid
+            **({"runtime": self.runtime} if self.runtime != "torch" else {}),
         }
 
 
@@ -228,8 +231,9 @@ class FeatureCache:
 
 
 def _sub_extractor(extractor: FeatureExtractor, blocks: list[int]) -> FeatureExtractor:
-    """An extractor on the same backbone, precision and device that returns ``blocks``."""
-    return FeatureExtractor(extractor.backbone, tuple(blocks), None, extractor.precision, extractor.device)
+    """An extractor on the same backbone, precision, device and runtime that returns ``blocks``."""
+    return FeatureExtractor(extractor.backbone, tuple(blocks), None, extractor.precision, extractor.device,
+                            runtime=extractor.runtime, weights_id=extractor.weights_id, progress=extractor.progress)
 
 
 def _concat(parts: list, reduced: bool):

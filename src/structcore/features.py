@@ -89,9 +89,11 @@ def fuse_layers(layers: list[torch.Tensor], projection: torch.Tensor | None) -> 
 class FeatureExtractor:
     """Turns a batch of preprocessed images into projected patch features ``[B, rows*cols, D]``.
 
-    ``compile=True`` runs the backbone through ``torch.compile`` (inductor, weights frozen into the graph;
-    a one-off compilation, README "Speed"). Smaller batches are zero-padded to the first batch's size, so the
-    last batch of a folder does not compile again (images never interact inside the ViT).
+    ``runtime``: ``torch``, or ``openvino`` (the backbone on OpenVINO's CPU plugin, :mod:`structcore.runtime`;
+    ``weights_id`` names the weights in its graph cache). ``compile=True`` runs the torch backbone through
+    ``torch.compile`` (inductor, weights frozen into the graph; a one-off compilation, README "Speed").
+    Smaller batches are zero-padded to the first batch's size, so the last batch of a folder does not compile
+    again (images never interact inside the ViT).
     """
 
     def __init__(
@@ -102,16 +104,29 @@ class FeatureExtractor:
         precision: str = "fp32",
         device: str | torch.device = "cpu",
         compile: bool = False,
+        runtime: str = "torch",
+        weights_id: str = "",
+        progress: bool = True,
     ):
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if runtime not in ("torch", "openvino"):
+            raise ConfigError(f"runtime must be 'torch' or 'openvino', got {runtime!r}")
+        if runtime == "openvino" and compile:
+            raise ConfigError("--compile is torch's; the openvino runtime compiles its own graph")
         resolve_blocks(list(blocks), backbone.depth)
         self.backbone = backbone.to(device).eval()
         self.blocks = tuple(blocks)
         self.device = torch.device(device)
         self.projection = None if projection is None else projection.to(self.device, torch.float32)
         self.precision = precision
-        self._tokens = _BlockTokens(self.backbone, self.blocks, precision == "bf16")
+        self.runtime, self.weights_id, self.progress = runtime, weights_id, progress
+        if runtime == "openvino":
+            from .runtime import OpenVINOTokens
+
+            self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, progress)
+        else:
+            self._tokens = _BlockTokens(self.backbone, self.blocks, precision == "bf16")
         self._compiled = torch.compile(self._tokens, dynamic=False) if compile else None
         self._compiled_batch = 0
 

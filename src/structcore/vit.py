@@ -152,6 +152,13 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
+        self._fixed_pos: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def fix_grid(self, rows: int, cols: int):
+        """Use the position embedding of a ``rows`` x ``cols`` grid as a constant from now on, so a traced or
+        exported graph holds no bicubic resize (which OpenVINO and ONNX do not reproduce exactly)."""
+        with torch.no_grad():
+            self._fixed_pos = ((rows, cols), self.interpolate_pos_encoding(rows, cols).detach().clone())
 
     def interpolate_pos_encoding(self, rows: int, cols: int) -> torch.Tensor:
         """Position embedding for a ``rows`` x ``cols`` patch grid, resized the way Meta's DINOv2 does.
@@ -162,6 +169,8 @@ class VisionTransformer(nn.Module):
         """
         cfg = self.cfg
         grid = cfg.pos_grid
+        if self._fixed_pos is not None and self._fixed_pos[0] == (rows, cols):
+            return self._fixed_pos[1]
         if rows == grid and cols == grid:
             return self.pos_embed
         pos = self.pos_embed.float()

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from ..config import CALIBRATIONS, DetectorConfig
 from ..maps import POOLINGS
+from ..runtime import RUNTIMES
 from ..structure import COMPONENTS, DISTANCES
 from ..thresholds import THRESHOLD_CALIBRATIONS
 
@@ -123,6 +124,9 @@ def add_runtime_options(p: argparse.ArgumentParser):
                    help="backbone precision for the train images (default fp32, or the model's with --add); "
                    "bf16 fits twice as fast but picks a different coreset")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    g.add_argument("--runtime", choices=list(RUNTIMES), default=None,
+                   help="where the backbone runs: torch, or openvino (CPU; the graph is converted once per machine "
+                   "and cached); auto (default, or $STRUCTCORE_RUNTIME): openvino on a CPU, torch on a GPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone (one-off ~15 s, then faster)")
     g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--workers", type=nonnegative_int, default=2, help="image-decoding threads")
@@ -146,4 +150,5 @@ def runtime_from_args(args) -> dict:
         num_workers=args.workers,
         progress=not args.quiet,
         compile=args.compile,
+        runtime=args.runtime,
     )

@@ -24,6 +24,7 @@ from ..detector import FIT_PRECISION, Detector
 from ..errors import DataError
 from ..feature_cache import FeatureCache, default_folder
 from ..features import resolve_precision
+from ..runtime import resolve_runtime
 from ..images import load_image
 from ..scoring import ScoredImages
 from ..thresholds import THRESHOLD_CALIBRATIONS
@@ -49,7 +50,8 @@ class Runtime:
     """How (not what) the benchmark computes: backbone weights file, precisions, device, batching.
 
     ``precision``: the backbone's for the test images; ``fit_precision``: for the train images
-    (default :data:`structcore.detector.FIT_PRECISION`).
+    (default :data:`structcore.detector.FIT_PRECISION`); ``runtime``: the backbone's runtime
+    (:func:`structcore.runtime.resolve_runtime`).
     """
 
     weights: str | Path | None = None
@@ -60,6 +62,7 @@ class Runtime:
     num_workers: int = 2
     progress: bool = True
     compile: bool = False
+    runtime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ def run_benchmark(
                     "origin": getattr(weights_info, "origin", "")},
         "precision": features.precision,
         "fit_precision": features.fit_precision,
+        "runtime": features.runtime,
         "device": str(features.device),
         "feature_cache": {"folder": None if features.cache.folder is None else str(features.cache.folder),
                           "enabled": features.cache.enabled, **features.cache.stats.as_dict()},
@@ -215,17 +219,19 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if runtime.device == "auto" else runtime.device)
     precision = resolve_precision(runtime.precision, device)
     fit_precision = resolve_precision(runtime.fit_precision or FIT_PRECISION, device)
+    backend = resolve_runtime(runtime.runtime, device)
     vit, weights_info = backbone if backbone is not None else load_backbone(config.backbone, runtime.weights)
     folder = default_folder() if options.feature_cache == "default" else options.feature_cache
     timer = Timer()
     detector_kwargs = dict(weights=runtime.weights, precision=precision, fit_precision=fit_precision,
                            device=str(device), batch_size=runtime.batch_size, num_workers=runtime.num_workers,
-                           progress=runtime.progress)
+                           progress=runtime.progress, runtime=backend)
     setup = Setup(
         detectors={k: Detector(c, **detector_kwargs) for k, c in coreset_settings(config, options.coreset_ratios).items()},
         features=FeatureSource(vit, weights_info.sha256, config, FeatureCache(folder), timer, precision=precision,
                                fit_precision=fit_precision, device=device, batch_size=runtime.batch_size,
-                               num_workers=runtime.num_workers, progress=runtime.progress, compile=runtime.compile),
+                               num_workers=runtime.num_workers, progress=runtime.progress, compile=runtime.compile,
+                               runtime=backend),
         timer=timer,
         new_detector=lambda cfg: Detector(cfg, **{**detector_kwargs, "progress": False}),
         calibration_ablation=options.ablations.calibration,

@@ -152,17 +152,18 @@ class FeatureSource:
 
     def __init__(self, backbone, weights_sha256: str, config: DetectorConfig, cache: FeatureCache, timer: Timer, *,
                  precision: str, fit_precision: str, device: torch.device, batch_size: int, num_workers: int,
-                 progress: bool, compile: bool):
+                 progress: bool, compile: bool, runtime: str = "torch"):
         self.backbone = backbone
         self.cache = cache
         self.timer = timer
         self.device = device
-        self.precision, self.fit_precision = precision, fit_precision
+        self.precision, self.fit_precision, self.runtime = precision, fit_precision, runtime
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
         self._extractors = {
             p: (
-                FeatureExtractor(backbone, config.blocks, None, p, device, compile),
-                CacheContext(config.backbone, weights_sha256, config.preprocess, p, device.type),
+                FeatureExtractor(backbone, config.blocks, None, p, device, compile, runtime,
+                                 f"{config.backbone}:{weights_sha256}", progress),
+                CacheContext(config.backbone, weights_sha256, config.preprocess, p, device.type, runtime),
             )
             for p in dict.fromkeys((fit_precision, precision))
         }

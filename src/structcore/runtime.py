@@ -1,0 +1,181 @@
+"""Where the backbone runs: torch (eager or ``torch.compile``) or OpenVINO on the CPU.
+
+OpenVINO gets the backbone as a graph traced at the model's crop: the position embedding of that grid is
+a constant (:meth:`~structcore.vit.VisionTransformer.fix_grid`), the batch dimension is dynamic, and the
+outputs are the patch tokens of the chosen blocks; fusion, projection, kNN and scoring stay as they are.
+The converted graph is cached (``<cache>/openvino/<key>/backbone.xml``), keyed by the backbone, its
+weights' sha256, the crop, the blocks, the graph's precision (fp32, or int8 after quantisation) and the
+OpenVINO version, so it is converted once per machine. bf16 is a compile-time hint on the fp32 graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .files import atomic_write_json
+from .weights import cache_dir
+
+RUNTIMES = ("auto", "torch", "openvino")
+RUNTIME_ENV = "STRUCTCORE_RUNTIME"
+#: OpenVINO's CPU inference precision for each of structcore's precisions.
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, or None when it is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
+
+
+def resolve_runtime(runtime: str | None, device: torch.device | str) -> str:
+    """``auto`` (or None: ``$STRUCTCORE_RUNTIME``, else auto) -> openvino on a CPU where it is installed,
+    torch on a GPU; an explicit runtime is checked against the device."""
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    device = torch.device(device)
+    if runtime == "auto":
+        return "openvino" if device.type == "cpu" and openvino_version() is not None else "torch"
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise ConfigError(f"the openvino runtime runs on the CPU, not on {device}; use --runtime torch there")
+        if openvino_version() is None:
+            raise ConfigError("the openvino runtime needs OpenVINO: pip install 'openvino>=2025.0,<2027'")
+    return runtime
+
+
+class GridTokens(torch.nn.Module):
+    """The patch tokens of ``blocks`` at a fixed input grid, as one traceable module (a copy of ``backbone``)."""
+
+    def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], crop: int):
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone).float().eval().requires_grad_(False)
+        self.blocks = list(blocks)
+        if hasattr(self.backbone, "fix_grid"):
+            side = crop // self.backbone.patch_size
+            self.backbone.fix_grid(side, side)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone.patch_tokens(images, self.blocks))
+
+
+def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str) -> dict:
+    """What identifies a converted graph (the cache key's fields)."""
+    return {"weights": weights_id, "crop": int(crop), "blocks": [int(b) for b in blocks], "graph": graph,
+            "openvino": openvino_version()}
+
+
+def graph_folder(key: dict, root: str | Path | None = None) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(root or cache_dir() / "openvino") / digest
+
+
+def convert(module: torch.nn.Module, crop: int):
+    """``module`` (images ``[B, 3, crop, crop]`` -> tensors) as an OpenVINO model with a dynamic batch."""
+    import openvino as ov
+
+    example = torch.zeros(1, 3, crop, crop)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape checks are constants at a fixed crop
+        return ov.convert_model(module, example_input=example, input=[(-1, 3, crop, crop)])
+
+
+def cached_graph(key: dict, build: Callable[[], object], progress: bool = True, root: str | Path | None = None) -> Path:
+    """The path of the graph for ``key``, built with ``build()`` (an ``ov.Model``) and saved first if needed.
+
+    Written to a temporary folder and renamed into place, so a crash leaves no half-written graph and two
+    processes converting at once both end with a complete one.
+    """
+    import openvino as ov
+
+    folder = graph_folder(key, root)
+    xml = folder / "backbone.xml"
+    if xml.is_file() and (folder / "key.json").is_file():
+        return xml
+    if progress:
+        print(f"structcore: converting {key['weights'].split(':')[0]} at {key['crop']} px to OpenVINO "
+              f"({key['graph']}; once per machine, cached in {folder.parent})...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        ov.save_model(build(), tmp / "backbone.xml", compress_to_fp16=False)
+        atomic_write_json(tmp / "key.json", {**key, "convert_s": round(time.perf_counter() - started, 1)})
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first: its graph is the same
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"structcore: converted in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return xml
+
+
+class OpenVINOTokens:
+    """Callable ``images [B, 3, H, W] -> [tokens of each block]`` running the backbone on OpenVINO's CPU plugin.
+
+    The graph for a crop is converted (or read from the cache) and compiled on the first batch of that size.
+    ``precision``: fp32, bf16 (the fp32 graph with OpenVINO's bf16 inference hint) or int8 (a graph
+    quantised by :func:`quantise`, passed as ``int8_graph``).
+    """
+
+    def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], precision: str, weights_id: str,
+                 progress: bool = True, threads: int | None = None, graph_root: str | Path | None = None,
+                 int8_graph: Callable[[int], Path] | None = None):
+        if precision not in OPENVINO_HINTS:
+            raise ConfigError(f"the openvino runtime runs fp32, bf16 or int8, not {precision!r}")
+        if precision == "int8" and int8_graph is None:
+            raise ConfigError("int8 needs a quantised graph (calibrated on good images); see structcore.runtime.quantise")
+        self.backbone, self.blocks, self.precision = backbone, tuple(blocks), precision
+        self.weights_id, self.progress, self.threads, self.graph_root = weights_id, progress, threads, graph_root
+        self.int8_graph = int8_graph
+        self._compiled: dict[int, object] = {}
+
+    def graph(self, crop: int) -> Path:
+        """The fp32 (or int8) graph file for ``crop``, converted on first use."""
+        if self.precision == "int8":
+            return self.int8_graph(crop)
+        key = graph_key(self.weights_id, crop, self.blocks, "fp32")
+        return cached_graph(key, lambda: convert(GridTokens(self.backbone, self.blocks, crop), crop),
+                            self.progress, self.graph_root)
+
+    def compiled(self, crop: int):
+        if crop not in self._compiled:
+            self._compiled[crop] = compile_graph(self.graph(crop), self.precision, self.threads)
+        return self._compiled[crop]
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"the openvino runtime takes square crops, got {tuple(images.shape[-2:])}")
+        compiled = self.compiled(int(images.shape[-1]))
+        outputs = compiled(np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32))
+        return [torch.from_numpy(np.asarray(outputs[i])) for i in range(len(self.blocks))]
+
+
+def compile_graph(xml: str | Path, precision: str, threads: int | None = None):
+    """An OpenVINO CPU compiled model of the graph ``xml`` with the inference precision of ``precision``."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return ov.Core().compile_model(str(xml), "CPU", config)
