@@ -38,7 +38,9 @@ from .structure import StructCalibration
 from .thresholds import PIXEL, Thresholds
 from .weights import WeightsInfo
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: Good training images (evenly spread over all categories) that calibrate the int8 backbone.
+INT8_CALIBRATION_IMAGES = 128
 
 
 @dataclass
@@ -166,8 +168,13 @@ class Detector:
         if self.device.type not in ("cpu", "cuda"):
             raise ConfigError(f"device {device!r}: structcore runs on cpu or cuda; use --device cpu, cuda or auto")
         self.precision = resolve_precision(precision, self.device)
-        self.runtime = resolve_runtime(runtime, self.device)
         self.fit_precision = resolve_precision(fit_precision or FIT_PRECISION, self.device)
+        self.runtime = resolve_runtime(runtime, self.device)
+        if self.precision == "int8" and self.runtime != "openvino":
+            raise ConfigError("precision int8 runs on the openvino runtime (--runtime openvino)")
+        if self.fit_precision == "int8":
+            raise ConfigError("int8 is calibrated on the fitted model's good images, so it cannot fit it: "
+                              "use --fit-precision fp32 or bf16")
         self.batch_size = batch_size
         self.knn_backend = knn_backend
         self.num_workers = num_workers
@@ -208,9 +215,29 @@ class Detector:
         if precision not in self._extractors:
             self._extractors[precision] = FeatureExtractor(
                 self._backbone, self.config.blocks, self.projection_, precision, self.device, self.compile,
-                self.runtime, f"{self.config.backbone}:{self.weights_info_.sha256}", self.progress,
+                self.runtime, self._weights_id(), self.progress, self._int8_graph if precision == "int8" else None,
             )
         return self._extractors[precision]
+
+    def _weights_id(self) -> str:
+        return f"{self.config.backbone}:{self.weights_info_.sha256}"
+
+    def _int8_graph(self, crop: int) -> Path:
+        """The int8 backbone graph, quantised (once, then cached) on this model's good training images."""
+        from .runtime import graph_key, quantise
+
+        paths = sorted({p for m in self.categories_.values() for p in m.train_images})
+        if not paths:
+            raise ConfigError("int8 is calibrated on the model's good training images: fit a category first")
+        pick = np.linspace(0, len(paths) - 1, min(INT8_CALIBRATION_IMAGES, len(paths))).round().astype(int)
+        paths = [paths[i] for i in sorted(set(pick))]
+        missing = next((p for p in paths if not Path(p).is_file()), None)
+        if missing:
+            raise DataError(f"{missing}: a good training image recorded in the model is gone; int8 calibrates on them")
+        fp32 = self.extractor("fp32")._tokens.graph(crop)
+        calibration = [batch.numpy() for _, batch in iter_batches(paths, self.config.preprocess, 1, self.num_workers)]
+        key = graph_key(self._weights_id(), crop, self.config.blocks, "int8", paths=[str(p) for p in paths])
+        return quantise(fp32, calibration, key, self.progress)
 
     def _ensure_projection(self, in_dim: int):
         if self.projection_ is None and self.config.projection_dim is not None:

@@ -90,7 +90,7 @@ class FeatureExtractor:
     """Turns a batch of preprocessed images into projected patch features ``[B, rows*cols, D]``.
 
     ``runtime``: ``torch``, or ``openvino`` (the backbone on OpenVINO's CPU plugin, :mod:`structcore.runtime`;
-    ``weights_id`` names the weights in its graph cache). ``compile=True`` runs the torch backbone through
+    ``weights_id`` names the weights in its graph cache; int8 there needs ``int8_graph(crop) -> graph file``). ``compile=True`` runs the torch backbone through
     ``torch.compile`` (inductor, weights frozen into the graph; a one-off compilation, README "Speed").
     Smaller batches are zero-padded to the first batch's size, so the last batch of a folder does not compile
     again (images never interact inside the ViT).
@@ -107,11 +107,14 @@ class FeatureExtractor:
         runtime: str = "torch",
         weights_id: str = "",
         progress: bool = True,
+        int8_graph=None,
     ):
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ConfigError(f"precision must be 'fp32', 'bf16' or 'int8', got {precision!r}")
         if runtime not in ("torch", "openvino"):
             raise ConfigError(f"runtime must be 'torch' or 'openvino', got {runtime!r}")
+        if precision == "int8" and runtime != "openvino":
+            raise ConfigError("int8 runs on the openvino runtime (--runtime openvino)")
         if runtime == "openvino" and compile:
             raise ConfigError("--compile is torch's; the openvino runtime compiles its own graph")
         resolve_blocks(list(blocks), backbone.depth)
@@ -124,7 +127,8 @@ class FeatureExtractor:
         if runtime == "openvino":
             from .runtime import OpenVINOTokens
 
-            self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, progress)
+            self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, progress,
+                                          int8_graph=int8_graph)
         else:
             self._tokens = _BlockTokens(self.backbone, self.blocks, precision == "bf16")
         self._compiled = torch.compile(self._tokens, dynamic=False) if compile else None

@@ -76,10 +76,15 @@ class GridTokens(torch.nn.Module):
         return tuple(self.backbone.patch_tokens(images, self.blocks))
 
 
-def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str) -> dict:
-    """What identifies a converted graph (the cache key's fields)."""
-    return {"weights": weights_id, "crop": int(crop), "blocks": [int(b) for b in blocks], "graph": graph,
-            "openvino": openvino_version()}
+def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str, paths: Sequence[str] = ()) -> dict:
+    """What identifies a converted graph (the cache key's fields); ``paths``: an int8 graph's calibration
+    images, identified by name, size and modification time."""
+    key = {"weights": weights_id, "crop": int(crop), "blocks": [int(b) for b in blocks], "graph": graph,
+           "openvino": openvino_version()}
+    if paths:
+        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+        key["calibration_images"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    return key
 
 
 def graph_folder(key: dict, root: str | Path | None = None) -> Path:
@@ -94,6 +99,7 @@ def convert(module: torch.nn.Module, crop: int):
     example = torch.zeros(1, 3, crop, crop)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape checks are constants at a fixed crop
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit
         return ov.convert_model(module, example_input=example, input=[(-1, 3, crop, crop)])
 
 
@@ -128,6 +134,24 @@ def cached_graph(key: dict, build: Callable[[], object], progress: bool = True, 
     if progress:
         print(f"structcore: converted in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return xml
+
+
+def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict, progress: bool = True,
+             root: str | Path | None = None) -> Path:
+    """The int8 graph of ``fp32_xml``: NNCF post-training quantisation (transformer preset) calibrated on
+    ``calibration`` (preprocessed images ``[1, 3, crop, crop]``), cached under ``key``."""
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError("int8 needs NNCF: pip install 'structcore[int8]'") from None
+    import openvino as ov
+
+    def build():
+        model = ov.Core().read_model(str(fp32_xml))
+        return nncf.quantize(model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calibration))
+
+    return cached_graph(key, build, progress, root)
 
 
 class OpenVINOTokens:

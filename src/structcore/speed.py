@@ -1,6 +1,6 @@
 """``structcore speed``: the paper's Table 4 (test-time latency per image) measured on this machine.
 
-For every backbone x precision x coreset ratio it reports, per test image: feature extraction (backbone,
+For every backbone x runtime (torch, OpenVINO) x precision x coreset ratio it reports, per test image: feature extraction (backbone,
 fusion and projection), kNN search, post-processing (upsampling, blur, pooling and StructCore scoring),
 their total, images per second, and peak memory (the process's RSS; ``torch.cuda.max_memory_allocated``
 on a GPU). Alongside: the bf16 and fp32 matrix-multiply rates measured in the same run, the analytic
@@ -9,15 +9,16 @@ GFLOP per image of each backbone, and each extraction time as a multiple of the 
 
 How it runs
 -----------
-* One *fit* process per backbone x precision: extracts the category's train-good features (timed), fits a
+* One *fit* process per backbone x runtime x precision (int8 rows use the fp32 fit): extracts the category's train-good features (timed), fits a
   detector per coreset ratio (greedy coreset timed on its own) and saves each model to ``DIR/models``.
-* One *test* process per backbone x precision x ratio: loads that model, measures the matmul rates, then
+* One *test* process per backbone x runtime x precision x ratio: loads that model, measures the matmul rates, then
   times ``--runs`` passes over the test images. Images are decoded in background threads
   (:func:`structcore.data.iter_batches`); the time the loop waits for decoded images is reported, and a
   configuration counts as compute-bound when that wait is under 5% of the loop.
 
-``--compile on|both`` times the test pass with the backbone under ``torch.compile`` too (compiled during the
-untimed warm-up batch; the fit process always runs eagerly).
+``--compile on|both`` times the torch test pass with the backbone under ``torch.compile`` too (compiled during
+the untimed warm-up batch; the fit process always runs eagerly). OpenVINO graphs are converted (and int8 ones
+quantised on the train images) before the timed passes; an int8 row's floor is the bf16 one.
 
 Each process is started with ``multiprocessing`` (spawn), so the peak RSS of a row is that row's own.
 ``--in-process`` runs everything in this process instead (peaks are then cumulative).
@@ -51,6 +52,7 @@ from .features import cpu_has_bf16_matmul, resolve_precision
 from .files import atomic_write_json, atomic_write_text
 from .hardware import machine_info, matmul_tflops, peak_rss_mb, projection_gflops, sync, vit_gflops
 from .images import load_image
+from .runtime import resolve_runtime
 from .scoring import ScoringPipeline
 from .vit import CONFIGS, build_vit
 from .weights import WeightsInfo, load_backbone
@@ -98,7 +100,8 @@ def fit_job(spec: dict) -> dict:
     model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
     ratios = spec["ratios"]
     dets = {r: Detector(_config(spec, r), precision=spec["precision"], fit_precision=spec["precision"],
-                        device=str(device), batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False)
+                        device=str(device), batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False,
+                        runtime=spec["runtime"])
             for r in ratios}
     for det in dets.values():
         det.use_backbone(model, info)
@@ -122,8 +125,10 @@ def fit_job(spec: dict) -> dict:
     out = {
         "backbone": spec["backbone"],
         "weights": label,
+        "runtime": first.runtime,
         "precision": first.precision,
         "train_images": len(paths),
+        "extract_s": round(extract_s, 2),
         "train_patches": int(features.shape[0] * features.shape[1]),
         "extract_ms_per_image": round(1000 * extract_s / len(paths), 2),
         "ratios": rows,
@@ -150,7 +155,7 @@ def test_job(spec: dict) -> dict:
     model, info, label = get_backbone(spec["backbone"], spec.get("weights"), spec.get("random_weights", False))
     det = Detector.load(Path(spec["model"]), precision=spec["precision"], device=str(device),
                         batch_size=spec["batch_size"], num_workers=spec["workers"], progress=False,
-                        compile=spec.get("compile", False))
+                        compile=spec.get("compile", False), runtime=spec["runtime"])
     det.use_backbone(model, info)
     extractor = det.extractor()
     cfg = det.config
@@ -227,12 +232,13 @@ def test_job(spec: dict) -> dict:
     precision = det.precision
     gflop = vit_gflops(model.cfg, cfg.crop, cfg.blocks)
     proj_gflop = projection_gflops(model.cfg, cfg.crop, len(cfg.blocks), cfg.projection_dim)
-    rate = rates.get(precision, rates["fp32"])
+    rate = rates.get("bf16" if precision == "int8" else precision, rates["fp32"])
     floor_ms = 1000 * (gflop / 1e3 / rate + proj_gflop / 1e3 / rates["fp32"])
 
     out = {
         "backbone": spec["backbone"],
         "weights": label,
+        "runtime": det.runtime,
         "precision": precision,
         "compiled": det.compile,
         "device": str(device),
@@ -310,6 +316,7 @@ def run_speed(
     out: str | Path,
     *,
     backbones=("dinov2_vits14",),
+    runtimes=("torch",),
     precisions=("bf16",),
     coreset_ratios=(0.01, 0.05, 0.1),
     runs: int = 3,
@@ -326,7 +333,7 @@ def run_speed(
     quiet: bool = False,
     compile_modes=(False,),
 ) -> dict:
-    """Measure every backbone x precision x ratio; write ``out/speed.json`` and ``out/speed.md``."""
+    """Measure every backbone x runtime x precision x ratio; write ``out/speed.json`` and ``out/speed.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -346,25 +353,32 @@ def run_speed(
     fits, rows = [], []
     load_at_start = [round(v, 2) for v in os.getloadavg()]
     started = time.perf_counter()
-    for name in backbones:
-        for precision in precisions:
-            precision = resolve_precision(precision, dev)
-            spec = {**common, "backbone": name, "precision": precision, "weights": (weights or {}).get(name),
-                    "ratios": [float(r) for r in coreset_ratios], "train": train,
-                    "models": str(out / "models" / f"{name}_{precision}")}
-            _log(f"fit {name} {precision}: {len(train)} train images, ratios {list(coreset_ratios)}", quiet)
-            fit = run_job("fit", spec, isolate)
-            fits.append(fit)
-            _log(f"  train extraction {fit['extract_ms_per_image']} ms/img, "
-                 + ", ".join(f"{k}: coreset {v['coreset_s']} s" for k, v in fit["ratios"].items()), quiet)
-            for compiled, r in [(c, r) for c in compile_modes for r in coreset_ratios]:
-                tspec = {**common, "backbone": name, "precision": precision, "weights": spec["weights"], "compile": compiled,
-                         "ratio": float(r), "test": test, "model": str(Path(spec["models"]) / _ratio_key(r))}
+    for name, runtime in [(n, rt) for n in backbones for rt in dict.fromkeys(resolve_runtime(r, dev) for r in runtimes)]:
+        fitted: dict[str, str] = {}  # fit precision -> models folder
+        for precision in dict.fromkeys(resolve_precision(p, dev) for p in precisions):
+            if precision == "int8" and runtime != "openvino":
+                continue
+            fit_precision = "fp32" if precision == "int8" else precision
+            if fit_precision not in fitted:
+                spec = {**common, "backbone": name, "runtime": runtime, "precision": fit_precision,
+                        "weights": (weights or {}).get(name), "ratios": [float(r) for r in coreset_ratios], "train": train,
+                        "models": str(out / "models" / f"{name}_{runtime}_{fit_precision}")}
+                _log(f"fit {name} {runtime} {fit_precision}: {len(train)} train images, ratios {list(coreset_ratios)}", quiet)
+                fit = run_job("fit", spec, isolate)
+                fits.append(fit)
+                fitted[fit_precision] = spec["models"]
+                _log(f"  train extraction {fit['extract_ms_per_image']} ms/img, "
+                     + ", ".join(f"{k}: coreset {v['coreset_s']} s" for k, v in fit["ratios"].items()), quiet)
+            modes = compile_modes if runtime == "torch" else (False,)
+            for compiled, r in [(c, r) for c in modes for r in coreset_ratios]:
+                tspec = {**common, "backbone": name, "runtime": runtime, "precision": precision,
+                         "weights": (weights or {}).get(name), "compile": compiled, "ratio": float(r), "test": test,
+                         "model": str(Path(fitted[fit_precision]) / _ratio_key(r))}
                 row = run_job("test", tspec, isolate)
                 rows.append(row)
-                _log(f"  {name} {precision}{' compiled' if compiled else ''} {r:g}: extract {row['extract_ms']} kNN {row['knn_ms']} post "
-                     f"{row['post_ms']} ms/img ({row['extract_x_floor']}x floor), peak RSS {row['peak_rss_mb']} MB",
-                     quiet)
+                _log(f"  {name} {runtime} {precision}{' compiled' if compiled else ''} {r:g}: extract {row['extract_ms']} "
+                     f"kNN {row['knn_ms']} post {row['post_ms']} ms/img ({row['extract_x_floor']}x floor), "
+                     f"peak RSS {row['peak_rss_mb']} MB", quiet)
     rates: dict[str, list[float]] = {}
     for row in rows:
         for k, v in row["matmul_tflops"].items():
@@ -396,13 +410,14 @@ def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     rates = ", ".join(f"{k} {v:.3f}" for k, v in result["matmul_tflops"].items())
     gpu = any("cuda_peak_mb" in r for r in result["rows"])
-    header = ["backbone", "weights", "precision", "coreset", "bank", "extract (ms)", "kNN (ms)", "post (ms)",
+    header = ["backbone", "weights", "runtime", "precision", "coreset", "bank", "extract (ms)", "kNN (ms)", "post (ms)",
               "total (ms)", "img/s", "pipeline img/s", "peak RSS (MB)"]
     header += ["GPU peak (MB)"] if gpu else []
     header += ["GFLOP/img", "floor (ms)", "extract, no decoding (ms)", "that / floor", "decode wait"]
     rows = []
     for r in result["rows"]:
-        row = [r["backbone"], r["weights"], r["precision"] + (" compiled" if r["compiled"] else ""), f"{100 * r['coreset_ratio']:g}%", str(r["bank_size"]),
+        row = [r["backbone"], r["weights"], r.get("runtime", "torch"), r["precision"] + (" compiled" if r["compiled"] else ""),
+               f"{100 * r['coreset_ratio']:g}%", str(r["bank_size"]),
                f"{r['extract_ms']:.1f}", f"{r['knn_ms']:.2f}", f"{r['post_ms']:.2f}", f"{r['total_ms']:.1f}",
                f"{r['images_per_s']:.2f}", f"{r['pipeline_images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}"]
         row += [f"{r.get('cuda_peak_mb', 0):.0f}"] if gpu else []
@@ -413,9 +428,9 @@ def markdown(result: dict) -> str:
     fit_rows = []
     for f in result["fit"]:
         for ratio, v in f["ratios"].items():
-            fit_rows.append([f["backbone"], f["weights"], f["precision"], f"{100 * float(ratio):g}%", str(v["bank_size"]),
-                             f"{f['extract_ms_per_image']:.1f}", f"{v['coreset_s']:.1f}", f"{v['fit_s']:.1f}",
-                             f"{f['peak_rss_mb']:.0f}"])
+            fit_rows.append([f["backbone"], f["weights"], f.get("runtime", "torch"), f["precision"], f"{100 * float(ratio):g}%",
+                             str(v["bank_size"]), f"{f['extract_ms_per_image']:.1f}", f"{v['coreset_s']:.1f}",
+                             f"{f.get('extract_s', 0) + v['fit_s']:.1f}", f"{f['peak_rss_mb']:.0f}"])
     text = [
         f"# Speed: {result['category']} ({s['images']} test images, median of {s['runs']} runs)",
         "",
@@ -433,7 +448,7 @@ def markdown(result: dict) -> str:
         "",
         Table("Per test image", header, rows).to_markdown(),
         Table(f"Fit ({result['fit'][0]['train_images'] if result['fit'] else 0} train images)",
-              ["backbone", "weights", "precision", "coreset", "bank", "train extract (ms/img)", "coreset (s)",
-               "fit total (s)", "fit peak RSS (MB)"], fit_rows).to_markdown(),
+              ["backbone", "weights", "runtime", "precision", "coreset", "bank", "train extract (ms/img)", "coreset (s)",
+               "fit total: extract + bank + calibration (s)", "fit peak RSS (MB)"], fit_rows).to_markdown(),
     ]
     return "\n".join(text)

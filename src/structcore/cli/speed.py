@@ -6,6 +6,7 @@ import argparse
 
 from .. import speed
 from ..errors import ConfigError
+from ..runtime import RUNTIMES
 from .options import add_model_options, config_from_args
 
 COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
@@ -20,7 +21,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", default="bottle")
     p.add_argument("--backbones", nargs="+", help="backbones to time, e.g. dinov2_vits14 dinov2_vitb14 (default: --backbone)")
-    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--runtime", "--runtimes", dest="runtimes", nargs="+", choices=list(RUNTIMES), default=["torch", "openvino"],
+                   help="backbone runtimes to time side by side (openvino: CPU only)")
+    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16", "int8"], default=["fp32", "bf16"],
+                   help="int8: OpenVINO only, quantised with NNCF on the train images")
     p.add_argument("--coreset-ratios", type=float, nargs="+", default=[0.01, 0.05, 0.1],
                    help="coreset ratios to time (instead of --coreset-ratio)")
     p.add_argument("--runs", type=int, default=3, help="timed passes over the test images; medians are reported")
@@ -53,7 +57,7 @@ def run(args):
         weights[name] = file
     config = config_from_args(args)
     result = speed.run_speed(
-        args.data, args.category, args.out, backbones=tuple(args.backbones or [config.backbone]),
+        args.data, args.category, args.out, backbones=tuple(args.backbones or [config.backbone]), runtimes=tuple(args.runtimes),
         precisions=tuple(args.precisions), coreset_ratios=tuple(args.coreset_ratios), runs=args.runs,
         images=args.images or None, train_images=args.train_images, config=config, device=args.device,
         batch_size=args.batch_size, workers=args.workers, threads=args.threads, weights=weights,
