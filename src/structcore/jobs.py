@@ -245,10 +245,11 @@ def failure_row(path: Path, error: Exception) -> dict:
 
 def run_key(detector: Detector, category: str | None) -> str:
     """What makes two predict runs' results interchangeable: the model (config, weights, calibration,
-    banks), the test-time precision and the category option."""
+    banks), the backbone's runtime and test-time precision, and the category option."""
     record = {
         "config": asdict(detector.config),
         "precision": detector.precision,
+        "runtime": detector.runtime,
         "weights": getattr(detector.weights_info_, "sha256", None),
         "category": category,
         "categories": {n: [m.calibration.lam, m.thresholds.values, list(m.bank.shape), float(m.bank.double().sum())]
