@@ -131,6 +131,7 @@ class Service:
             "version": __version__,
             "decision_score": d.config.decision_score,
             "precision": d.precision,
+            "runtime": d.runtime,
             "weights": {"name": d.config.backbone, "sha256": getattr(info, "sha256", None),
                         "source": getattr(info, "source", None)},
             "categories": [
