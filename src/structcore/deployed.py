@@ -227,7 +227,8 @@ def upsample_bilinear(grids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     r0, r1, wr0, wr1 = _linear_taps(grids.shape[1], size[0])
     c0, c1, wc0, wc1 = _linear_taps(grids.shape[2], size[1])
     rows = grids[:, :, c0] * wc0 + grids[:, :, c1] * wc1
-    return rows[:, r0, :] * wr0[:, None] + rows[:, r1, :] * wr1[:, None]
+    # C order, as torch's: numpy's float32 sums (mean pooling) are pairwise only along a contiguous axis
+    return np.ascontiguousarray(rows[:, r0, :] * wr0[:, None] + rows[:, r1, :] * wr1[:, None])
 
 
 def _gaussian_axis(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
@@ -248,7 +249,7 @@ def _gaussian_axis(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     out = shifted(0) * weights[radius]
     for j in range(radius, 0, -1):
         out += (shifted(-j) + shifted(j)) * weights[radius - j]
-    return out.astype(np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def anomaly_maps(grids: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
