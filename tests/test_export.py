@@ -227,3 +227,21 @@ def test_cli_export_writes_a_deployment_and_refuses_other_folders(detector, tmp_
     assert (other / "notes.txt").read_text() == "keep me"
     with pytest.raises(ModelFileError):
         export_model(model, other, "onnx", progress=False)
+
+
+@pytest.mark.real
+def test_real_bottle_exports_agree_with_detector_predict(mvtec_root, tmp_path):
+    bottle = mvtec_root / "bottle"
+    train = sorted((bottle / "train" / "good").glob("*.png"))[:30]
+    test = [p for sub, n in (("good", 3), ("broken_large", 2), ("contamination", 1))
+            for p in sorted((bottle / "test" / sub).glob("*.png"))[:n]]
+    det = Detector(DetectorConfig(false_reject_rate=0.05), precision="fp32", progress=False)
+    det.fit("bottle", train)
+    reference = det.predict(test)
+    features = det.extract(test, precision="fp32").numpy()
+    assert {p.decision for p in reference} == {"accept", "reject"}
+    for fmt in FORMATS:
+        model = deployed.load(export_model(det, tmp_path / fmt, fmt, check=False, progress=False).folder)
+        batch = np.stack([model.preprocess(deployed.load_image(p)) for p in test])
+        assert min_cosine(model.features(batch), features) >= 0.9999, fmt
+        _compare(reference, model.predict(test))
