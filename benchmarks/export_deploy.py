@@ -82,9 +82,21 @@ def max_rel(a, b) -> float:
     return max(abs(x.scores[s] / y.scores[s] - 1) for x, y in zip(a, b) for s in ("base", "struct", "hybrid"))
 
 
+def render(result: dict, repeats: int) -> str:
+    """The Markdown table of a result (for structcore predict the install column is torch's own size)."""
+    lines = [f"| | export (s) | folder (MiB) | install (MiB) | cold start (s, median of {repeats}) | warm ms / image | "
+             "max rel. score diff vs torch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in result["rows"].items():
+        install = f"{r['torch_mib']} (torch alone)" if "torch_mib" in r else r.get("install_mib")
+        cells = [r.get("export_s"), r.get("folder_mib"), install, r.get("cold_start_s"),
+                 r.get("warm_ms_per_image"), r.get("max_rel_score_diff_vs_torch")]
+        lines.append(f"| {name} | " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data", type=Path, help="the MVTec AD root (required unless --render)")
     ap.add_argument("--category", default="bottle")
     ap.add_argument("--train", type=int, default=30)
     ap.add_argument("--images", type=int, default=10)
@@ -92,7 +104,14 @@ def main():
     ap.add_argument("--venvs", type=Path, default=Path("/tmp/deploy"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/export_deploy"))
+    ap.add_argument("--render", type=Path, help="only print the table of an export_deploy.json written before")
     args = ap.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        print(render(result, len(result["rows"]["openvino"]["cold_start_runs_s"])))
+        return
+    if args.data is None:
+        ap.error("--data is required")
 
     import torch
 
@@ -105,7 +124,7 @@ def main():
     images = test[:: max(1, len(test) // args.images)][: args.images]
     model = args.model
     result: dict = {"category": args.category, "train_images": args.train, "images": len(images),
-                    "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+                    "cpus": os.cpu_count(), "load_average": os.getloadavg(), "command": sys.argv}
     if model is None:
         model = args.out / "model"
         det = Detector(DetectorConfig(), precision="fp32", progress=False)
@@ -135,7 +154,7 @@ def main():
         timed([*predict, "--out", str(scratch / "warmup")], env)  # fills the OpenVINO graph cache
         cold = [timed([*predict, "--out", str(scratch / f"pred{i}")], env) for i in range(args.repeats)]
         torch_dir = Path(torch.__file__).parent
-        rows["structcore predict"] = {"install_mib": mib(tree_bytes(Path(torch_dir).parent)),
+        rows["structcore predict (fp32)"] = {"install_mib": mib(tree_bytes(Path(torch_dir).parent)),
                                       "torch_mib": mib(tree_bytes(torch_dir)),
                                       "cold_start_s": round(statistics.median(cold), 2),
                                       "cold_start_runs_s": [round(c, 2) for c in cold],
@@ -146,7 +165,7 @@ def main():
         det = Detector.load(model, precision="fp32", runtime=runtime, progress=False)
         ms, preds = warm_ms(lambda x: det.predict(x), images)
         references[runtime] = preds
-        rows.setdefault(f"Detector.predict ({runtime})", {})["warm_ms_per_image"] = round(ms)
+        rows.setdefault(f"Detector.predict (fp32, {runtime})", {})["warm_ms_per_image"] = round(ms)
     for fmt in FORMATS:
         dep = deployed.load(args.out / fmt)
         ms, got = warm_ms(lambda x: dep.predict(x), images)
@@ -155,13 +174,7 @@ def main():
         rows[fmt]["same_decisions"] = [r.decision for r in got] == [p.decision for p in references["torch"]]
     result["rows"] = rows
     result["load_average_end"] = os.getloadavg()
-    lines = ["| | export (s) | folder (MiB) | install (MiB) | cold start (s, median of %d) | warm ms / image | "
-             "max rel. score diff vs torch |" % args.repeats, "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in rows.items():
-        cells = [r.get("export_s"), r.get("folder_mib"), r.get("install_mib"), r.get("cold_start_s"),
-                 r.get("warm_ms_per_image"), r.get("max_rel_score_diff_vs_torch")]
-        lines.append(f"| {name} | " + " | ".join("" if c is None else str(c) for c in cells) + " |")
-    table = "\n".join(lines)
+    table = render(result, args.repeats)
     print(table)
     print(json.dumps(result, indent=2))
     (args.out / "export_deploy.json").write_text(json.dumps(result, indent=2) + "\n")
