@@ -15,7 +15,7 @@ from PIL import Image
 from structcore import Detector, DetectorConfig
 from structcore import deployed
 from structcore.cli import main as cli_main
-from structcore.errors import ModelFileError
+from structcore.errors import ModelFileError, WeightsError
 from structcore.export import FORMATS, export_model, min_cosine
 from structcore.maps import anomaly_maps, pool
 from structcore.router import route
@@ -245,3 +245,19 @@ def test_real_bottle_exports_agree_with_detector_predict(mvtec_root, tmp_path):
         batch = np.stack([model.preprocess(deployed.load_image(p)) for p in test])
         assert min_cosine(model.features(batch), features) >= 0.9999, fmt
         _compare(reference, model.predict(test))
+
+
+def test_other_weights_than_the_models_are_refused(detector, tmp_path):
+    model = detector.save(tmp_path / "model")
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["weights"]["sha256"] = "1" * 64  # as if fitted with other weights
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="1111111111"):
+        export_model(model, tmp_path / "deploy", "onnx", progress=False)
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_infer_cli_takes_folders(synthetic_mvtec):
+    folder = synthetic_mvtec / "widget" / "test"
+    assert deployed.image_files([folder]) == _paths(synthetic_mvtec, "widget", "test") + \
+        _paths(synthetic_mvtec, "widget", "test", "scratch")

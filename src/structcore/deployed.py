@@ -167,9 +167,17 @@ def preprocess(image: Image.Image, resize: int, crop: int, mean, std) -> np.ndar
 
 
 # -- the backbone graph -------------------------------------------------------------------------------
+def _runtime(module: str):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise DeploymentError(f"this deployment runs on {module}, which is not installed here ({e}); "
+                              "pip install -r requirements.txt (in the deployment folder)") from None
+
+
 class _OpenVINOGraph:
     def __init__(self, path: Path, threads: int | None):
-        import openvino as ov
+        ov = _runtime("openvino")
 
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}  # fp32, as exported
         if threads:
@@ -182,7 +190,7 @@ class _OpenVINOGraph:
 
 class _ONNXGraph:
     def __init__(self, path: Path, threads: int | None):
-        import onnxruntime as ort
+        ort = _runtime("onnxruntime")
 
         options = ort.SessionOptions()
         if threads:
@@ -480,9 +488,14 @@ def load(folder, threads: int | None = None) -> Deployment:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DeploymentError(f"{folder / MANIFEST}: deployment format {manifest.get('format_version')!r}; this "
                               f"structcore_infer.py reads format {FORMAT_VERSION}: export the model again")
+    files, listed = manifest.get("files"), manifest.get("categories")
+    if not isinstance(files, dict) or not isinstance(listed, dict) or not isinstance(manifest.get("config"), dict) \
+            or manifest.get("graph") not in files or not all(isinstance(v, str) for v in files.values()):
+        raise DeploymentError(f"{folder / MANIFEST}: damaged (files, categories, config or graph missing or malformed); "
+                              "export the model again")
     editable = set(manifest.get("editable", []))
     edited = []
-    for name, digest in manifest["files"].items():
+    for name, digest in files.items():
         path = folder / name
         if Path(name).name != name or name in ("", ".", ".."):
             raise DeploymentError(f"{folder / MANIFEST}: file names must be plain names in the folder, not {name!r}")
@@ -495,7 +508,9 @@ def load(folder, threads: int | None = None) -> Deployment:
             edited.append(name)
     calibration = _read_json(folder / CALIBRATION)
     categories = {}
-    for name, entry in manifest["categories"].items():
+    for name, entry in listed.items():
+        if not isinstance(entry, dict) or entry.get("bank") not in files or entry.get("prototypes") not in files:
+            raise DeploymentError(f"{folder / MANIFEST}: category {name!r} must name its bank and prototypes files")
         if name not in calibration:
             raise DeploymentError(f"{folder / CALIBRATION}: category {name!r} is missing")
         bank = _load_array(folder / entry["bank"]).astype(np.float32, copy=False)
@@ -508,11 +523,26 @@ def load(folder, threads: int | None = None) -> Deployment:
 
 
 # -- command line --------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def image_files(inputs) -> list[Path]:
+    """Files as given; folders as their image files (searched recursively, sorted, hidden ones skipped)."""
+    out = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                          and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="structcore_infer.py", description="Score images with an exported structcore model "
                                      "(numpy, Pillow, faiss and OpenVINO or ONNX Runtime; no torch).")
     parser.add_argument("deployment", help="the folder structcore export wrote")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--category", help="category of all images (default: routed per image)")
     parser.add_argument("--out", help="write the predictions as JSON here (default: print them)")
     parser.add_argument("--maps", help="also write each anomaly map (crop frame) as NNNN.npy into this folder")
@@ -522,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.deployment, threads=args.threads)
         for name in model.edited:
             print(f"structcore_infer: note: {name} was edited after export", file=sys.stderr)
-        results = model.predict(args.images, category=args.category, maps=bool(args.maps))
+        results = model.predict(image_files(args.images), category=args.category, maps=bool(args.maps))
         rows = [r.as_dict() for r in results]
         if args.maps:
             os.makedirs(args.maps, exist_ok=True)

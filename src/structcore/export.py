@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import deployed
 from .backbones import load_backbone
 from .detector import Detector
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, ModelFileError, WeightsError
 from .files import exclusive, sha256_file
 from .runtime import GridTokens
 from .scoring import SCORES
@@ -85,7 +85,10 @@ def export_model(model: str | Path | Detector, out: str | Path, format: str = "o
     detector._require_fitted()
     cfg = detector.config
     backbone, info = load_backbone(cfg.backbone, weights or detector.weights)
-    detector.use_backbone(backbone, info)  # refuses weights other than the model's
+    fitted = detector.weights_info_
+    if fitted is not None and fitted.sha256 != info.sha256:
+        raise WeightsError(f"this model was fitted with {cfg.backbone} weights sha256 {fitted.sha256}, but the "
+                           f"weights found now ({info.path}) have sha256 {info.sha256}; pass the original file with --weights")
     graph = FeatureGraph(backbone, cfg.blocks, cfg.crop, detector.projection_).eval()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -105,7 +108,7 @@ def export_model(model: str | Path | Detector, out: str | Path, format: str = "o
                                      f"(need >= {MIN_COSINE}); not written")
             width = backbone.embed_dim * len(cfg.blocks)
             feature_dim = width if detector.projection_ is None else int(detector.projection_.shape[1])
-            _write_folder(detector, tmp, format, info, feature_dim)
+            _write_folder(detector, tmp, format, fitted or info, feature_dim)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
