@@ -39,11 +39,21 @@ ONNX_OPSET = 17
 #: What the deployment folder needs to run (bounded like structcore's own dependencies).
 REQUIREMENTS = {
     "common": ["numpy>=1.24,<3", "pillow>=10,<14", "faiss-cpu>=1.7.4,<2"],
-    "openvino": ["openvino>=2025.0,<2027"],
     "onnx": ["onnxruntime>=1.16,<2"],
 }
 #: The exported graph must give the library's features to this cosine similarity (every patch).
 MIN_COSINE = 0.9999
+
+
+def requirements(format: str) -> list[str]:
+    """The deployment's requirements. An OpenVINO IR needs at least the OpenVINO that wrote it (its
+    operation sets), so its lower bound is this OpenVINO's release (``2026.4`` for 2026.4.1)."""
+    if format != "openvino":
+        return [*REQUIREMENTS["common"], *REQUIREMENTS[format]]
+    import openvino
+
+    year, release = openvino.get_version().split("-")[0].split(".")[:2]
+    return [*REQUIREMENTS["common"], f"openvino>={year}.{release},<{int(year) + 1}"]
 
 
 class FeatureGraph(torch.nn.Module):
@@ -180,7 +190,7 @@ def _write_folder(detector: Detector, tmp: Path, format: str, info, feature_dim:
         }
     (tmp / deployed.CALIBRATION).write_text(json.dumps(calibration, indent=2) + "\n")
     shutil.copyfile(deployed.__file__, tmp / "structcore_infer.py")
-    (tmp / "requirements.txt").write_text("\n".join([*REQUIREMENTS["common"], *REQUIREMENTS[format]]) + "\n")
+    (tmp / "requirements.txt").write_text("\n".join(requirements(format)) + "\n")
     sums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     manifest = {
         "kind": deployed.FORMAT,
@@ -189,6 +199,7 @@ def _write_folder(detector: Detector, tmp: Path, format: str, info, feature_dim:
         "graph": GRAPH_FILES[format],
         "graph_io": {"input": "images [batch, 3, crop, crop] float32, normalised", "output": "features [batch, P, D] float32"},
         "structcore_version": __version__,
+        "exported_with": _versions(format),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {
             "resize": pre.resize, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
@@ -203,3 +214,17 @@ def _write_folder(detector: Detector, tmp: Path, format: str, info, feature_dim:
         "editable": [deployed.CALIBRATION],
     }
     (tmp / deployed.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _versions(format: str) -> dict:
+    versions = {"torch": torch.__version__}
+    if format == "openvino":
+        import openvino
+
+        versions["openvino"] = openvino.get_version()
+    else:
+        import onnx
+
+        versions["onnx"] = onnx.__version__
+        versions["opset"] = ONNX_OPSET
+    return versions
