@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .errors import run_command
-from . import benchmark, fit, predict, report, rescore, serve, speed, threshold, weights
+from . import benchmark, export, fit, predict, report, rescore, serve, speed, threshold, weights
 
-COMMANDS = (weights, fit, predict, threshold, serve, benchmark, speed, report, rescore)
+COMMANDS = (weights, fit, predict, threshold, export, serve, benchmark, speed, report, rescore)
 
 
 def build_parser() -> argparse.ArgumentParser:
