@@ -9,7 +9,7 @@ model against ``structcore predict``, on one category with the real weights.
    process (wall time), and the folder's size;
 3. a fresh venv per format (``VENVS/F``, made once: ``python -m venv`` + ``pip install -r OUT/F/requirements.txt``),
    checked to have no torch; its site-packages size, against torch's own and this environment's;
-4. cold start: ``VENVS/F/bin/python OUT/F/structcore_infer.py OUT/F IMAGE --out x.json`` (process start to
+4. cold start: ``VENVS/F/bin/python OUT/F/infer.py OUT/F IMAGE --out x.json`` (process start to
    the first prediction written), median of ``--repeats``; and ``structcore predict --model OUT/model IMAGE``
    the same way (fp32; after one uncounted run, so the OpenVINO runtime's graph cache is filled);
 5. warm ms per image, in this process: the deployment's ``predict`` and ``Detector.predict`` (fp32, runtime
@@ -144,7 +144,7 @@ def main():
             install_s = make_venv(venv, folder / "requirements.txt")
             py = str(venv / "bin" / "python")
             no_torch = subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
-            cold = [timed([py, str(folder / "structcore_infer.py"), str(folder), str(images[0]), "--out",
+            cold = [timed([py, str(folder / "infer.py"), str(folder), str(images[0]), "--out",
                            str(scratch / "p.json")]) for _ in range(args.repeats)]
             rows[fmt] = {"export_s": round(export_s, 1), "folder_mib": mib(tree_bytes(folder)),
                          "install_mib": mib(tree_bytes(site_packages(venv))), "install_s": round(install_s, 1),

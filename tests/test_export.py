@@ -125,7 +125,7 @@ def test_manifest_records_config_weights_and_every_file(exported, detector):
     assert cfg["feature_dim"] == 32 and cfg["decision_score"] == "hybrid"
     on_disk = {f.name for f in exported.iterdir()} - {"manifest.json"}
     assert set(manifest["files"]) == on_disk
-    assert {"structcore_infer.py", "requirements.txt", "calibration.json", manifest["graph"]} <= on_disk
+    assert {"structcore_infer.py", "infer.py", "requirements.txt", "calibration.json", manifest["graph"]} <= on_disk
     for name, digest in manifest["files"].items():
         assert deployed.sha256_file(exported / name) == digest, name
     requirements = (exported / "requirements.txt").read_text().split()
@@ -177,7 +177,7 @@ def test_calibration_json_is_editable_and_checked(exported, detector, test_image
 
 def _run_without_torch(folder: Path, *args, cwd: Path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-c", NO_TORCH, str(folder / "structcore_infer.py"), str(folder), *map(str, args)],
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(folder / "infer.py"), str(folder), *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 

@@ -25,12 +25,9 @@ and reported in ``edited`` when it differs from the exported one, but not refuse
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -522,7 +519,7 @@ def load(folder, threads: int | None = None) -> Deployment:
     return Deployment(folder, manifest, categories, graph, edited)
 
 
-# -- command line --------------------------------------------------------------------------------------
+# -- inputs --------------------------------------------------------------------------------------------
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -536,41 +533,3 @@ def image_files(inputs) -> list[Path]:
         else:
             out.append(item)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structcore_infer.py", description="Score images with an exported structcore model "
-                                     "(numpy, Pillow, faiss and OpenVINO or ONNX Runtime; no torch).")
-    parser.add_argument("deployment", help="the folder structcore export wrote")
-    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--category", help="category of all images (default: routed per image)")
-    parser.add_argument("--out", help="write the predictions as JSON here (default: print them)")
-    parser.add_argument("--maps", help="also write each anomaly map (crop frame) as NNNN.npy into this folder")
-    parser.add_argument("--threads", type=int, default=None, help="graph threads (default: all cores)")
-    args = parser.parse_args(argv)
-    try:
-        model = load(args.deployment, threads=args.threads)
-        for name in model.edited:
-            print(f"structcore_infer: note: {name} was edited after export", file=sys.stderr)
-        results = model.predict(image_files(args.images), category=args.category, maps=bool(args.maps))
-        rows = [r.as_dict() for r in results]
-        if args.maps:
-            os.makedirs(args.maps, exist_ok=True)
-            for i, r in enumerate(results):
-                np.save(Path(args.maps) / f"{i:04d}.npy", r.anomaly_map)
-        text = json.dumps(rows, indent=2)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        else:
-            print(text)
-    except DeploymentError as e:
-        print(f"structcore_infer: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"structcore_infer: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

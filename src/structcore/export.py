@@ -6,7 +6,8 @@ projected patch features ``[B, P, D]``): OpenVINO IR (``backbone.xml`` + ``.bin`
 (``backbone.onnx``, TorchScript exporter). Everything after the features stays outside the graph: per
 category the memory bank and routing prototypes (``.npy``), StructCore's calibration and the thresholds
 (``calibration.json``, editable), and ``manifest.json`` (config, source weights, every file's sha256).
-``structcore_infer.py`` (a copy of :mod:`structcore.deployed`) and ``requirements.txt`` run it.
+``structcore_infer.py`` (a copy of :mod:`structcore.deployed`), ``infer.py`` (its command line, a copy of
+``structcore/cli/infer.py``) and ``requirements.txt`` run it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from .runtime import GridTokens
 from .scoring import SCORES
 from .thresholds import PIXEL
 from .version import __version__
+
+#: The deployment's command line (imports the copy of deployed.py; not part of the structcore CLI).
+INFER_CLI = Path(deployed.__file__).parent / "cli" / "infer.py"
 
 FORMATS = ("openvino", "onnx")
 GRAPH_FILES = {"openvino": "backbone.xml", "onnx": "backbone.onnx"}
@@ -190,6 +194,7 @@ def _write_folder(detector: Detector, tmp: Path, format: str, info, feature_dim:
         }
     (tmp / deployed.CALIBRATION).write_text(json.dumps(calibration, indent=2) + "\n")
     shutil.copyfile(deployed.__file__, tmp / "structcore_infer.py")
+    shutil.copyfile(INFER_CLI, tmp / "infer.py")
     (tmp / "requirements.txt").write_text("\n".join(requirements(format)) + "\n")
     sums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     manifest = {

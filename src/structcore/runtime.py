@@ -87,9 +87,9 @@ def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str, pat
     return key
 
 
-def graph_folder(key: dict, root: str | Path | None = None) -> Path:
+def graph_folder(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return Path(root or cache_dir() / "openvino") / digest
+    return cache_dir() / "openvino" / digest
 
 
 def convert(module: torch.nn.Module, crop: int):
@@ -103,7 +103,7 @@ def convert(module: torch.nn.Module, crop: int):
         return ov.convert_model(module, example_input=example, input=[(-1, 3, crop, crop)])
 
 
-def cached_graph(key: dict, build: Callable[[], object], progress: bool = True, root: str | Path | None = None) -> Path:
+def cached_graph(key: dict, build: Callable[[], object], progress: bool = True) -> Path:
     """The path of the graph for ``key``, built with ``build()`` (an ``ov.Model``) and saved first if needed.
 
     Written to a temporary folder and renamed into place, so a crash leaves no half-written graph and two
@@ -111,7 +111,7 @@ def cached_graph(key: dict, build: Callable[[], object], progress: bool = True, 
     """
     import openvino as ov
 
-    folder = graph_folder(key, root)
+    folder = graph_folder(key)
     xml = folder / "backbone.xml"
     if xml.is_file() and (folder / "key.json").is_file():
         return xml
@@ -136,8 +136,7 @@ def cached_graph(key: dict, build: Callable[[], object], progress: bool = True, 
     return xml
 
 
-def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict, progress: bool = True,
-             root: str | Path | None = None) -> Path:
+def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict, progress: bool = True) -> Path:
     """The int8 graph of ``fp32_xml``: NNCF post-training quantisation (transformer preset) calibrated on
     ``calibration`` (preprocessed images ``[1, 3, crop, crop]``), cached under ``key``."""
     try:
@@ -151,7 +150,7 @@ def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict,
         return nncf.quantize(model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
                              subset_size=len(calibration))
 
-    return cached_graph(key, build, progress, root)
+    return cached_graph(key, build, progress)
 
 
 class OpenVINOTokens:
@@ -163,14 +162,13 @@ class OpenVINOTokens:
     """
 
     def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], precision: str, weights_id: str,
-                 progress: bool = True, threads: int | None = None, graph_root: str | Path | None = None,
-                 int8_graph: Callable[[int], Path] | None = None):
+                 progress: bool = True, int8_graph: Callable[[int], Path] | None = None):
         if precision not in OPENVINO_HINTS:
             raise ConfigError(f"the openvino runtime runs fp32, bf16 or int8, not {precision!r}")
         if precision == "int8" and int8_graph is None:
             raise ConfigError("int8 needs a quantised graph (calibrated on good images); see structcore.runtime.quantise")
         self.backbone, self.blocks, self.precision = backbone, tuple(blocks), precision
-        self.weights_id, self.progress, self.threads, self.graph_root = weights_id, progress, threads, graph_root
+        self.weights_id, self.progress = weights_id, progress
         self.int8_graph = int8_graph
         self._compiled: dict[int, object] = {}
 
@@ -180,11 +178,11 @@ class OpenVINOTokens:
             return self.int8_graph(crop)
         key = graph_key(self.weights_id, crop, self.blocks, "fp32")
         return cached_graph(key, lambda: convert(GridTokens(self.backbone, self.blocks, crop), crop),
-                            self.progress, self.graph_root)
+                            self.progress)
 
     def compiled(self, crop: int):
         if crop not in self._compiled:
-            self._compiled[crop] = compile_graph(self.graph(crop), self.precision, self.threads)
+            self._compiled[crop] = compile_graph(self.graph(crop), self.precision)
         return self._compiled[crop]
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -195,11 +193,9 @@ class OpenVINOTokens:
         return [torch.from_numpy(np.asarray(outputs[i])) for i in range(len(self.blocks))]
 
 
-def compile_graph(xml: str | Path, precision: str, threads: int | None = None):
+def compile_graph(xml: str | Path, precision: str):
     """An OpenVINO CPU compiled model of the graph ``xml`` with the inference precision of ``precision``."""
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
     return ov.Core().compile_model(str(xml), "CPU", config)

@@ -27,4 +27,4 @@ def run(args):
         check = "" if args.no_check else f", features cosine to torch >= {result.min_cosine:.6f}"
         print(f"structcore: exported {args.format} deployment to {result.folder} ({result.bytes / 2**20:.1f} MiB, "
               f"{result.seconds:.1f} s{check})\n  run it: pip install -r {result.folder}/requirements.txt && "
-              f"python {result.folder}/structcore_infer.py {result.folder} IMAGE...", file=sys.stderr)
+              f"python {result.folder}/infer.py {result.folder} IMAGE...", file=sys.stderr)
