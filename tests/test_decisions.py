@@ -97,7 +97,8 @@ def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_m
     reference = tmp_path / "reference"
     assert main(["fit", "--good", str(everything), "--category", "widget", "--out", str(reference),
                  "--no-feature-cache", *TINY]) == 0
-    updated, fresh = load_model(model), load_model(reference)
+    # the same test-time precision for both: the update ran without --precision, so it recorded this CPU's auto one
+    updated, fresh = load_model(model, precision="fp32"), load_model(reference, precision="fp32")
     assert updated.categories_["widget"].train_images == [str(p) for p in sorted(first.iterdir())] + [
         str(p) for p in sorted(more.iterdir())]
     test = sorted((synthetic_mvtec / "widget" / "test").rglob("*.png"))
