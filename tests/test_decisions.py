@@ -75,7 +75,10 @@ def test_predict_overrides_thresholds_for_one_run_only(fitted, synthetic_mvtec, 
                  "--false-reject-rate", "0.1", "--quiet"]) == 2
 
 
-def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_mvtec, tiny_backbone, tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # one of them differs from this CPU's auto precision
+def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_mvtec, tiny_backbone, tmp_path, capsys,
+                                                                      precision):
+    tiny = [*TINY[:-3], "--precision", precision, "--quiet"]
     train = sorted((synthetic_mvtec / "widget" / "train" / "good").iterdir())
     first, more = tmp_path / "widget", tmp_path / "more"
     first.mkdir(), more.mkdir()
@@ -84,7 +87,7 @@ def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_m
     for p in train[5:]:
         shutil.copy(p, more / p.name)
     model = tmp_path / "model"
-    assert main(["fit", "--good", str(first), "--out", str(model), "--feature-cache", str(tmp_path / "cache"), *TINY]) == 0
+    assert main(["fit", "--good", str(first), "--out", str(model), "--feature-cache", str(tmp_path / "cache"), *tiny]) == 0
     capsys.readouterr()
     assert main(["fit", "--update", "widget", "--good", str(more), "--out", str(model), "--quiet",
                  "--feature-cache", str(tmp_path / "cache")]) == 0
@@ -96,9 +99,10 @@ def test_update_refits_on_recorded_plus_new_images_like_a_fit_on_all(synthetic_m
         shutil.copy(p, everything / p.name)
     reference = tmp_path / "reference"
     assert main(["fit", "--good", str(everything), "--category", "widget", "--out", str(reference),
-                 "--no-feature-cache", *TINY]) == 0
-    # the same test-time precision for both: the update ran without --precision, so it recorded this CPU's auto one
-    updated, fresh = load_model(model, precision="fp32"), load_model(reference, precision="fp32")
+                 "--no-feature-cache", *tiny]) == 0
+    # the update ran without --precision: the model keeps the test-time precision it was fitted with
+    assert json.loads((model / "manifest.json").read_text())["precision"] == precision
+    updated, fresh = load_model(model), load_model(reference)
     assert updated.categories_["widget"].train_images == [str(p) for p in sorted(first.iterdir())] + [
         str(p) for p in sorted(more.iterdir())]
     test = sorted((synthetic_mvtec / "widget" / "test").rglob("*.png"))

@@ -77,7 +77,7 @@ def fit_model(sets: dict[str, list[Path]], out: str | Path, config: DetectorConf
         if add:
             if not (out / MANIFEST).is_file():
                 raise DataError(f"--add: {out} holds no model yet; drop --add to fit a new model there")
-            detector = Detector.load(out, **runtime)
+            detector = _load_for_refit(out, runtime)
             _check_add_options(out, detector.config, options or {})
             again = sorted(set(sets) & set(detector.categories_))
             if again and not overwrite:
@@ -125,6 +125,13 @@ def _threshold_changes(before: dict[str, float], after: dict[str, float]) -> lis
     return lines
 
 
+def _load_for_refit(out: Path, runtime: dict) -> Detector:
+    """The model in ``out``, to refit: it keeps its recorded test-time precision unless another is asked for."""
+    if runtime.get("precision") in (None, "auto"):
+        runtime = {k: v for k, v in runtime.items() if k != "precision"}
+    return Detector.load(out, **runtime)
+
+
 def update_category(out: str | Path, category: str, more: list[Path], *, options: dict | None = None,
                     lock_timeout: float | None = None, log: Callable[[str], None] = print, **runtime) -> Detector:
     """Refit ``category`` of the model in ``out`` on its recorded train images plus the good images
@@ -134,7 +141,7 @@ def update_category(out: str | Path, category: str, more: list[Path], *, options
         recover(out, log=log)
         if not (out / MANIFEST).is_file():
             raise DataError(f"--update: {out} holds no model; fit one there first")
-        detector = Detector.load(out, **runtime)
+        detector = _load_for_refit(out, runtime)
         _check_add_options(out, detector.config, options or {})
         detector._require_fitted(category)
         recorded = [Path(p) for p in detector.categories_[category].train_images]

@@ -120,7 +120,8 @@ def add_runtime_options(p: argparse.ArgumentParser):
     g.add_argument("--weights", default=None, help="backbone weights file (.safetensors or Meta .pth)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
                    help="backbone precision for the images scored (auto: bf16 where the CPU or GPU has bf16 matrix units; "
-                   "int8: OpenVINO only, quantised with NNCF on the model's good training images)")
+                   "int8: OpenVINO only, quantised with NNCF on the model's good training images; --add and --update keep "
+                   "the model's unless another is given)")
     g.add_argument("--fit-precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="backbone precision for the train images (default fp32, or the model's with --add); "
                    "bf16 fits twice as fast but picks a different coreset")
