@@ -327,10 +327,10 @@ def test_a_second_benchmark_into_the_same_out_waits_or_fails_naming_the_holder(s
         holder.wait()
 
 
-def _seeded(root, out, cache, tiny_vit, seeds, resamples=200):
+def _seeded(root, out, cache, tiny_vit, seeds, resamples=200, ablations=Ablations()):
     return run_benchmark(
         load_mvtec(root), out, config=TINY,
-        options=BenchmarkOptions(coreset_ratios=(0.25,), seeds=seeds, bootstrap_resamples=resamples,
+        options=BenchmarkOptions(coreset_ratios=(0.25,), seeds=seeds, bootstrap_resamples=resamples, ablations=ablations,
                                  feature_cache=cache, dataset="mvtec", data_root=root, write_report=False),
         runtime=Runtime(precision="fp32", progress=False, num_workers=0, batch_size=4),
         backbone=(tiny_vit, INFO),
@@ -399,3 +399,22 @@ def test_full_frame_pixel_metrics_leave_out_the_unseen_border(synthetic_mvtec, t
     assert np.isclose(full["ap"], average_precision(truth, values))
     assert np.isclose(full["not_seen"], unseen / total) and 0 < full["not_seen"] < 1
     assert 0 <= full["aupro"] <= 1
+
+
+def test_score_ablations_are_repeated_for_every_seed(synthetic_mvtec, tiny_vit, tmp_path):
+    """Each variant's spread over seeds is made of what a one-seed run with each seed gives; the
+    calibration ablation (primary seed only) gets none."""
+    cache, ablations = tmp_path / "cache", Ablations(components=True, lambdas=(0.1,), calibration=True)
+    res = _seeded(synthetic_mvtec, tmp_path / "multi", cache, tiny_vit, (5, 6), resamples=50, ablations=ablations)
+    other = _seeded(synthetic_mvtec, tmp_path / "one", cache, tiny_vit, (6,), resamples=50, ablations=ablations)
+    assert res["ablations"]["components"]["seeds"] == [5, 6] and "seeds" not in res["ablations"]["calibration"]
+    for name, label in (("components", "std+tv"), ("lambda", "0.1"), ("lambda", "auto")):
+        spread = res["ablations"][name]["variants"][label]["seeds"]
+        for cat in ("widget", "gadget"):
+            vals = [run["ablations"][name]["variants"][label]["categories"][cat]["hybrid"]["auroc"] for run in (res, other)]
+            assert np.isclose(spread["categories"][cat]["hybrid"]["mean"], np.mean(vals))
+            assert np.isclose(spread["categories"][cat]["hybrid"]["std"], np.std(vals, ddof=1))
+        means = [run["ablations"][name]["variants"][label]["mean"]["base"]["auroc"] for run in (res, other)]
+        assert np.isclose(spread["mean"]["base"]["mean"], np.mean(means))
+    table = (tmp_path / "multi" / "tables" / "ablation_components.md").read_text()
+    assert " ± " in table and "over seeds 5, 6" in table

@@ -32,6 +32,7 @@ from ..weights import WeightsInfo
 from . import artifacts
 from .ablations import (
     DEFAULT_LAMBDAS, Ablations, Collected, category_ablations, coreset_summary, layer_sets, layer_sweep, ordered,
+    over_seeds,
 )
 from .decisions import pooled
 from .protocol import (
@@ -178,9 +179,13 @@ def run_benchmark(
         with timer("ablations"):
             ablations = _ablation_blocks(setup, categories, options.ablations, collected, blocks["class_separated"])
     per_seed = {seeds[0]: blocks["class_separated"]}
+    seed_ablations = [collected]
     for seed in seeds[1:]:
         with timer("seeds"):
-            per_seed[seed] = _seed_blocks(setup, categories, seed)
+            per_seed[seed], more = _seed_blocks(setup, categories, seed, options.ablations)
+            seed_ablations.append(more)
+    if len(seeds) > 1:
+        _add_seed_spread(ablations, seed_ablations, list(seeds))
     results = to_json({
         "schema": SCHEMA,
         "dataset": options.dataset,
@@ -241,22 +246,37 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
     return weights_info, setup
 
 
-def _seed_blocks(setup: Setup, categories: list[Category], seed: int) -> dict:
-    """Class-separated blocks (with means) of every coreset setting refitted and rescored with ``seed``."""
+def _seed_blocks(setup: Setup, categories: list[Category], seed: int, options: Ablations) -> tuple[dict, Collected]:
+    """Class-separated blocks (with means) of every coreset setting refitted and rescored with ``seed``,
+    and the score-level ablations (all but calibration) of its primary setting."""
     detectors = {k: setup.new_detector(replace(d.config, seed=seed)) for k, d in setup.detectors.items()}
     run = replace(setup, detectors=detectors, calibration_ablation=False, category_timings={})
     log(f"seed {seed}: refit and rescore")
     fitted = {cat.name: fit_category(run, cat) for cat in categories}
     blocks = {k: {"categories": {}} for k in detectors}
+    collected, options = Collected(), replace(options, calibration=False)
     for cat in categories:
-        ev = evaluate_category(run, cat, fitted.pop(cat.name))
+        fit = fitted.pop(cat.name)
+        ev = evaluate_category(run, cat, fit)
         if ev is not None:
             for key, r in ev.ratios.items():
                 blocks[key]["categories"][cat.name] = r.separated.to_json()
+            if options.on_scores:
+                config = detectors[setup.primary].config
+                for name, v in category_ablations(options, config, fit, ev, setup.primary, setup.timer).items():
+                    collected.add(name, cat.name, v, ev.labels)
     for block in blocks.values():
         block["mean"] = mean_of(list(block["categories"].values()))
         _add_pooled_decisions(block)
-    return blocks
+    return blocks, collected
+
+
+def _add_seed_spread(ablations: dict, per_seed: list[Collected], seeds: list[int]) -> None:
+    """Each score-level ablation variant's I-AUROC over the seeds, as ``variants[label]["seeds"]``."""
+    for name, variants in over_seeds(per_seed).items():
+        ablations[name]["seeds"] = seeds
+        for label, summary in variants.items():
+            ablations[name]["variants"][label]["seeds"] = summary
 
 
 def _write_category_files(out: Path, setup: Setup, fit: FittedCategory, ev: EvaluatedCategory, max_maps: int):

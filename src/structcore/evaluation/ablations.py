@@ -22,6 +22,7 @@ from ..scoring import CalibrationRecord, ScoredImages
 from ..structure import DISTANCES, StructCalibration, select_components
 from .protocol import EvaluatedCategory, FeatureSource, FittedCategory, Timer, image_metrics, log, mean
 from .schema import ABLATIONS, IMAGE_KEYS, SCORES
+from .statistics import seed_summary
 
 DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2)
 COMPONENT_SUBSETS = (
@@ -154,6 +155,24 @@ class Collected:
                 block["variants"][label] = {"categories": cats, "mean": m}
             out[name] = block
         return out
+
+
+def over_seeds(per_seed: list[Collected]) -> dict:
+    """Per ablation and variant, the base / struct / hybrid I-AUROC of each category and of the category
+    mean as summaries over seeds (``per_seed``: one Collected per seed); only the ablations every seed ran."""
+    out: dict = {}
+    for name, variants in per_seed[0].metrics.items():
+        if any(name not in c.metrics for c in per_seed):
+            continue
+        for label, cats in variants.items():
+            runs = [c.metrics[name][label] for c in per_seed]
+            out.setdefault(name, {})[label] = {
+                "categories": {cat: {s: seed_summary([r[cat][s]["auroc"] for r in runs], bounds=(0.0, 1.0))
+                                     for s in SCORES} for cat in cats},
+                "mean": {s: seed_summary([mean([r[cat][s]["auroc"] for cat in cats]) for r in runs], bounds=(0.0, 1.0))
+                         for s in SCORES},
+            }
+    return out
 
 
 def _std(values: list) -> float | None:

@@ -83,7 +83,7 @@ def _best(table_rows: list[list[str]], columns: list[int], rows: range | None = 
     """``"best"`` for the cells holding the largest number of ``columns``, per row (``rows=None``) or
     over ``rows`` per column."""
     def mark(cells: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
-        values = {c: float(table_rows[c[0]][c[1]]) for c in cells if table_rows[c[0]][c[1]] != ""}
+        values = {c: float(table_rows[c[0]][c[1]].split()[0]) for c in cells if table_rows[c[0]][c[1]] != ""}  # "mean ± std"
         top = max(values.values(), default=None)
         return {c: "best" for c, v in values.items() if v == top}
 
@@ -197,16 +197,23 @@ def ablation_table(name: str, ab: dict, categories: list[str]) -> Table:
         header.append("Delta")
     rows = []
     for label, v in ab["variants"].items():
-        cats, m = v["categories"], v["mean"]
-        row = [components_label(label) if name == "components" else label,
-               *[percent(cats.get(c, {}).get("hybrid", {}).get("auroc"), 2) for c in categories],
-               percent(m["hybrid"]["auroc"], 2), percent(m.get("hybrid_auroc_std"), 2),
-               percent(m["struct"]["auroc"], 2), percent(m["base"]["auroc"], 2)]
+        cats, m, seeds = v["categories"], v["mean"], v.get("seeds")
+        if seeds:  # mean ± std over the seeds
+            cells = [spread(seeds["categories"].get(c, {}).get("hybrid"), 2) for c in categories]
+            means = [spread(seeds["mean"][s], 2) for s in ("hybrid", "struct", "base")]
+        else:
+            cells = [percent(cats.get(c, {}).get("hybrid", {}).get("auroc"), 2) for c in categories]
+            means = [percent(m[s]["auroc"], 2) for s in ("hybrid", "struct", "base")]
+        row = [components_label(label) if name == "components" else label, *cells, means[0],
+               percent(m.get("hybrid_auroc_std"), 2), *means[1:]]
         if name == "components":
-            hb = m["hybrid"]["auroc"], m["base"]["auroc"]
+            hb = (seeds["mean"]["hybrid"]["mean"], seeds["mean"]["base"]["mean"]) if seeds else (
+                m["hybrid"]["auroc"], m["base"]["auroc"])
             row.append("" if None in hb else f"{100 * (hb[0] - hb[1]):+.2f}")
         rows.append(row)
-    return Table(title, header, rows, classes=_best(rows, [len(categories) + 1], range(len(rows))))
+    seeds = ab.get("seeds")
+    note = f"Cells: mean ± std over seeds {', '.join(map(str, seeds))}; Std: over categories, first seed." if seeds else ""
+    return Table(title, header, rows, classes=_best(rows, [len(categories) + 1], range(len(rows))), note=note)
 
 
 def components_per_category(ab: dict, categories: list[str]) -> Table:
