@@ -202,6 +202,10 @@ def test_ablations_reuse_maps_and_agree_with_the_main_results(synthetic_mvtec, t
         for cat, r in ab[name]["variants"][label]["categories"].items():
             for s in ("base", "struct", "hybrid"):
                 assert r[s] == main[cat]["image"][s], (name, cat, s)
+    # the model's own block set also reproduces its pixel metrics (widget has masks, gadget none)
+    own = ab["layers"]["variants"]["-1,-2"]["categories"]
+    assert own["widget"]["pixel"] == pytest.approx(main["widget"]["pixel"]) and "pixel" not in own["gadget"]
+    assert ab["layers"]["variants"]["-3"]["categories"]["widget"]["pixel"] != main["widget"]["pixel"]
     for cat in main:
         assert ab["lambda"]["variants"]["0.05"]["categories"][cat]["lambda"] == 0.05
         assert ab["lambda"]["variants"]["auto"]["categories"][cat]["lambda"] == pytest.approx(main[cat]["lambda"])
@@ -404,7 +408,8 @@ def test_full_frame_pixel_metrics_leave_out_the_unseen_border(synthetic_mvtec, t
 def test_score_ablations_are_repeated_for_every_seed(synthetic_mvtec, tiny_vit, tmp_path):
     """Each variant's spread over seeds is made of what a one-seed run with each seed gives; the
     calibration ablation (primary seed only) gets none."""
-    cache, ablations = tmp_path / "cache", Ablations(components=True, lambdas=(0.1,), calibration=True)
+    cache = tmp_path / "cache"
+    ablations = Ablations(components=True, lambdas=(0.1,), calibration=True, layer_sets=((-1,), (-1, -2)))
     res = _seeded(synthetic_mvtec, tmp_path / "multi", cache, tiny_vit, (5, 6), resamples=50, ablations=ablations)
     other = _seeded(synthetic_mvtec, tmp_path / "one", cache, tiny_vit, (6,), resamples=50, ablations=ablations)
     assert res["ablations"]["components"]["seeds"] == [5, 6] and "seeds" not in res["ablations"]["calibration"]
@@ -416,5 +421,10 @@ def test_score_ablations_are_repeated_for_every_seed(synthetic_mvtec, tiny_vit, 
             assert np.isclose(spread["categories"][cat]["hybrid"]["std"], np.std(vals, ddof=1))
         means = [run["ablations"][name]["variants"][label]["mean"]["base"]["auroc"] for run in (res, other)]
         assert np.isclose(spread["mean"]["base"]["mean"], np.mean(means))
+    spread = res["ablations"]["layers"]["variants"]["-1"]["seeds"]
+    vals = [run["ablations"]["layers"]["variants"]["-1"]["categories"]["widget"]["pixel"]["aupro"] for run in (res, other)]
+    assert np.isclose(spread["categories"]["widget"]["pixel"]["aupro"]["mean"], np.mean(vals))
+    assert np.isclose(spread["mean"]["pixel"]["aupro"]["mean"], np.mean(vals))  # widget alone has masks
+    assert "pixel" not in spread["categories"]["gadget"]
     table = (tmp_path / "multi" / "tables" / "ablation_components.md").read_text()
     assert " ± " in table and "over seeds 5, 6" in table

@@ -248,7 +248,7 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
 
 def _seed_blocks(setup: Setup, categories: list[Category], seed: int, options: Ablations) -> tuple[dict, Collected]:
     """Class-separated blocks (with means) of every coreset setting refitted and rescored with ``seed``,
-    and the score-level ablations (all but calibration) of its primary setting."""
+    and the ablations (all but calibration) of its primary setting."""
     detectors = {k: setup.new_detector(replace(d.config, seed=seed)) for k, d in setup.detectors.items()}
     run = replace(setup, detectors=detectors, calibration_ablation=False, category_timings={})
     log(f"seed {seed}: refit and rescore")
@@ -265,6 +265,10 @@ def _seed_blocks(setup: Setup, categories: list[Category], seed: int, options: A
                 config = detectors[setup.primary].config
                 for name, v in category_ablations(options, config, fit, ev, setup.primary, setup.timer).items():
                     collected.add(name, cat.name, v, ev.labels)
+    sets = layer_sets(options, setup.features.depth)
+    if sets:
+        with setup.timer("ablation:layers"):
+            layer_sweep(categories, replace(setup.config, seed=seed), sets, setup.features, setup.new_detector, collected)
     for block in blocks.values():
         block["mean"] = mean_of(list(block["categories"].values()))
         _add_pooled_decisions(block)

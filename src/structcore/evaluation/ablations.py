@@ -20,8 +20,10 @@ from ..data import Category
 from ..detector import Detector
 from ..scoring import CalibrationRecord, ScoredImages
 from ..structure import DISTANCES, StructCalibration, select_components
-from .protocol import EvaluatedCategory, FeatureSource, FittedCategory, Timer, image_metrics, log, mean
-from .schema import ABLATIONS, IMAGE_KEYS, SCORES
+from .protocol import (
+    EvaluatedCategory, FeatureSource, FittedCategory, Timer, crop_masks, image_metrics, log, mean, pixel_metrics,
+)
+from .schema import ABLATIONS, IMAGE_KEYS, PIXEL_KEYS, SCORES
 from .statistics import seed_summary
 
 DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2)
@@ -68,10 +70,12 @@ class Ablations:
 
 @dataclass
 class Variant:
-    """A variant's test scores; ``lam`` where the ablation records the lambda each variant used."""
+    """A variant's test scores; ``lam`` where the ablation records the lambda each variant used, ``pixel``
+    its pixel metrics where it has maps of its own (layers)."""
 
     scores: dict[str, np.ndarray]
     lam: float | None = None
+    pixel: dict | None = None
 
 
 Described = CalibrationRecord | ScoredImages  # base scores and descriptors of a set of images
@@ -139,6 +143,8 @@ class Collected:
             entry = image_metrics(labels, v.scores)
             if v.lam is not None:
                 entry["lambda"] = v.lam
+            if v.pixel is not None:
+                entry["pixel"] = v.pixel
             self.metrics.setdefault(name, {}).setdefault(label, {})[category] = entry
 
     def summary(self, coreset_ratio: float | None) -> dict:
@@ -152,14 +158,18 @@ class Collected:
                 m["hybrid_auroc_std"] = _std([r["hybrid"]["auroc"] for r in rows])
                 if any("lambda" in r for r in rows):
                     m["lambda"] = mean([r.get("lambda") for r in rows])
+                pixel = [r["pixel"] for r in rows if "pixel" in r]
+                if pixel:
+                    m["pixel"] = {k: mean([p[k] for p in pixel]) for k in PIXEL_KEYS}
                 block["variants"][label] = {"categories": cats, "mean": m}
             out[name] = block
         return out
 
 
 def over_seeds(per_seed: list[Collected]) -> dict:
-    """Per ablation and variant, the base / struct / hybrid I-AUROC of each category and of the category
-    mean as summaries over seeds (``per_seed``: one Collected per seed); only the ablations every seed ran."""
+    """Per ablation and variant, the base / struct / hybrid I-AUROC (and pixel metrics, where the variant
+    has them) of each category and of the category mean as summaries over seeds (``per_seed``: one
+    Collected per seed); only the ablations every seed ran."""
     out: dict = {}
     for name, variants in per_seed[0].metrics.items():
         if any(name not in c.metrics for c in per_seed):
@@ -167,11 +177,26 @@ def over_seeds(per_seed: list[Collected]) -> dict:
         for label, cats in variants.items():
             runs = [c.metrics[name][label] for c in per_seed]
             out.setdefault(name, {})[label] = {
-                "categories": {cat: {s: seed_summary([r[cat][s]["auroc"] for r in runs], bounds=(0.0, 1.0))
-                                     for s in SCORES} for cat in cats},
-                "mean": {s: seed_summary([mean([r[cat][s]["auroc"] for cat in cats]) for r in runs], bounds=(0.0, 1.0))
-                         for s in SCORES},
+                "categories": {cat: _over_runs([r[cat] for r in runs]) for cat in cats},
+                "mean": _over_runs([_category_mean(r) for r in runs]),
             }
+    return out
+
+
+def _category_mean(entries: dict[str, dict]) -> dict:
+    """One seed's category mean of a variant: I-AUROCs and, over the categories that have them, pixel metrics."""
+    out = {s: {"auroc": mean([e[s]["auroc"] for e in entries.values()])} for s in SCORES}
+    pixel = [e["pixel"] for e in entries.values() if "pixel" in e]
+    if pixel:
+        out["pixel"] = {k: mean([p[k] for p in pixel]) for k in PIXEL_KEYS}
+    return out
+
+
+def _over_runs(entries: list[dict]) -> dict:
+    """Seed summaries of the I-AUROCs (and pixel metrics) of one variant's entries, one per seed."""
+    out = {s: seed_summary([e[s]["auroc"] for e in entries], bounds=(0.0, 1.0)) for s in SCORES}
+    if all("pixel" in e for e in entries):
+        out["pixel"] = {k: seed_summary([e["pixel"][k] for e in entries], bounds=(0.0, 1.0)) for k in PIXEL_KEYS}
     return out
 
 
@@ -215,7 +240,8 @@ def layer_sweep(
     new_detector: Callable[[DetectorConfig], Detector],
     collected: Collected,
 ) -> None:
-    """Fit and score a new model per block set; every block of every set is extracted in one pass first."""
+    """Fit and score a new model per block set (image and, with masks, pixel metrics); every block of
+    every set is extracted in one pass first."""
     depth = features.depth
     union = sorted({b % depth for s in (*sets, config.blocks) for b in s})
     features.fill(categories, [b - depth for b in union])
@@ -230,8 +256,11 @@ def layer_sweep(
             det.fit_features(cat.name, train, [str(p) for p in cat.train])
             del train
             test = features.features([s.path for s in cat.test], blocks, det.fuse, f"{cat.name}: test [{label}]")
-            scored = det.score_features(cat.name, test)
-            collected.add("layers", cat.name, {label: Variant(scored.scores)}, np.array([s.label for s in cat.test]))
+            masks = crop_masks(cat, config.preprocess)
+            scored = det.score_features(cat.name, test, keep_maps=masks is not None)
+            pixel = None if masks is None else pixel_metrics(masks, scored.maps)
+            collected.add("layers", cat.name, {label: Variant(scored.scores, pixel=pixel)},
+                          np.array([s.label for s in cat.test]))
         log(f"layer set {label}: {time.perf_counter() - t0:.1f} s")
 
 

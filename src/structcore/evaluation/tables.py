@@ -195,6 +195,9 @@ def ablation_table(name: str, ab: dict, categories: list[str]) -> Table:
     header = [FIRST_COLUMN.get(name, "Variant"), *categories, "Mean hybrid", "Std", "Mean struct", "Mean base"]
     if name == "components":
         header.append("Delta")
+    with_pixel = any("pixel" in v["mean"] for v in ab["variants"].values())
+    if with_pixel:
+        header += ["Mean P-AUROC", "Mean P-AP", "Mean P-F1-max", "Mean AUPRO"]  # PIXEL_KEYS
     rows = []
     for label, v in ab["variants"].items():
         cats, m, seeds = v["categories"], v["mean"], v.get("seeds")
@@ -210,6 +213,9 @@ def ablation_table(name: str, ab: dict, categories: list[str]) -> Table:
             hb = (seeds["mean"]["hybrid"]["mean"], seeds["mean"]["base"]["mean"]) if seeds else (
                 m["hybrid"]["auroc"], m["base"]["auroc"])
             row.append("" if None in hb else f"{100 * (hb[0] - hb[1]):+.2f}")
+        if with_pixel:
+            px = seeds["mean"].get("pixel") if seeds else m.get("pixel")
+            row += [(spread(px[k], 2) if seeds else percent(px[k], 2)) if px else "" for k in PIXEL_KEYS]
         rows.append(row)
     seeds = ab.get("seeds")
     note = f"Cells: mean ± std over seeds {', '.join(map(str, seeds))}; Std: over categories, first seed." if seeds else ""
