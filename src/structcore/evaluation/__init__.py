@@ -262,13 +262,12 @@ def _seed_blocks(setup: Setup, categories: list[Category], seed: int, options: A
             for key, r in ev.ratios.items():
                 blocks[key]["categories"][cat.name] = r.separated.to_json()
             if options.on_scores:
-                config = detectors[setup.primary].config
-                for name, v in category_ablations(options, config, fit, ev, setup.primary, setup.timer).items():
+                for name, v in category_ablations(options, run.config, fit, ev, setup.primary, setup.timer).items():
                     collected.add(name, cat.name, v, ev.labels)
     sets = layer_sets(options, setup.features.depth)
     if sets:
         with setup.timer("ablation:layers"):
-            layer_sweep(categories, replace(setup.config, seed=seed), sets, setup.features, setup.new_detector, collected)
+            layer_sweep(categories, run.config, sets, setup.features, setup.new_detector, collected)
     for block in blocks.values():
         block["mean"] = mean_of(list(block["categories"].values()))
         _add_pooled_decisions(block)

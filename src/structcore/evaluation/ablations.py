@@ -158,9 +158,7 @@ class Collected:
                 m["hybrid_auroc_std"] = _std([r["hybrid"]["auroc"] for r in rows])
                 if any("lambda" in r for r in rows):
                     m["lambda"] = mean([r.get("lambda") for r in rows])
-                pixel = [r["pixel"] for r in rows if "pixel" in r]
-                if pixel:
-                    m["pixel"] = {k: mean([p[k] for p in pixel]) for k in PIXEL_KEYS}
+                m.update(_pixel_mean(rows))
                 block["variants"][label] = {"categories": cats, "mean": m}
             out[name] = block
         return out
@@ -185,11 +183,14 @@ def over_seeds(per_seed: list[Collected]) -> dict:
 
 def _category_mean(entries: dict[str, dict]) -> dict:
     """One seed's category mean of a variant: I-AUROCs and, over the categories that have them, pixel metrics."""
-    out = {s: {"auroc": mean([e[s]["auroc"] for e in entries.values()])} for s in SCORES}
-    pixel = [e["pixel"] for e in entries.values() if "pixel" in e]
-    if pixel:
-        out["pixel"] = {k: mean([p[k] for p in pixel]) for k in PIXEL_KEYS}
-    return out
+    rows = list(entries.values())
+    return {**{s: {"auroc": mean([e[s]["auroc"] for e in rows])} for s in SCORES}, **_pixel_mean(rows)}
+
+
+def _pixel_mean(rows: list[dict]) -> dict:
+    """``{"pixel": ...}``: the pixel metrics averaged over the rows that have them; ``{}`` if none has."""
+    pixel = [r["pixel"] for r in rows if "pixel" in r]
+    return {"pixel": {k: mean([p[k] for p in pixel]) for k in PIXEL_KEYS}} if pixel else {}
 
 
 def _over_runs(entries: list[dict]) -> dict:
@@ -245,6 +246,7 @@ def layer_sweep(
     depth = features.depth
     union = sorted({b % depth for s in (*sets, config.blocks) for b in s})
     features.fill(categories, [b - depth for b in union])
+    masks = {cat.name: crop_masks(cat, config.preprocess) for cat in categories if cat.test}
     for blocks in sets:
         label = ",".join(str(b) for b in blocks)
         det = new_detector(replace(config, blocks=blocks))
@@ -256,9 +258,8 @@ def layer_sweep(
             det.fit_features(cat.name, train, [str(p) for p in cat.train])
             del train
             test = features.features([s.path for s in cat.test], blocks, det.fuse, f"{cat.name}: test [{label}]")
-            masks = crop_masks(cat, config.preprocess)
-            scored = det.score_features(cat.name, test, keep_maps=masks is not None)
-            pixel = None if masks is None else pixel_metrics(masks, scored.maps)
+            scored = det.score_features(cat.name, test, keep_maps=masks[cat.name] is not None)
+            pixel = None if masks[cat.name] is None else pixel_metrics(masks[cat.name], scored.maps)
             collected.add("layers", cat.name, {label: Variant(scored.scores, pixel=pixel)},
                           np.array([s.label for s in cat.test]))
         log(f"layer set {label}: {time.perf_counter() - t0:.1f} s")

@@ -74,6 +74,9 @@ class Table:
         return "".join(out)
 
 
+PIXEL_COLUMNS = ("P-AUROC", "P-AP", "P-F1-max", "AUPRO")  # headers of PIXEL_KEYS
+
+
 def percent(v: float | None, digits: int = 1) -> str:
     """A fraction as percent text; ``""`` for a missing value."""
     return "" if v is None else f"{100 * v:.{digits}f}"
@@ -158,7 +161,7 @@ def main_table(setting: str, key: str, block: dict) -> Table:
     header = ["Category"]
     for title in ("Base", "Struct", "Hybrid"):
         header += [f"{title} AUROC", f"{title} AP", f"{title} F1-max"]
-    header += ["P-AUROC", "P-AP", "P-F1-max", "AUPRO"]
+    header += list(PIXEL_COLUMNS)
     if routed:
         header.append("Routing acc.")
     rows = []
@@ -197,7 +200,7 @@ def ablation_table(name: str, ab: dict, categories: list[str]) -> Table:
         header.append("Delta")
     with_pixel = any("pixel" in v["mean"] for v in ab["variants"].values())
     if with_pixel:
-        header += ["Mean P-AUROC", "Mean P-AP", "Mean P-F1-max", "Mean AUPRO"]  # PIXEL_KEYS
+        header += [f"Mean {c}" for c in PIXEL_COLUMNS]
     rows = []
     for label, v in ab["variants"].items():
         cats, m, seeds = v["categories"], v["mean"], v.get("seeds")
