@@ -30,7 +30,8 @@ def _tiny_vit() -> VisionTransformer:
 TINY_VIT = _tiny_vit()
 TINY_INFO = WeightsInfo(name="tiny", path=None, sha256="0" * 64, source="test")
 # registered at import, so test modules can build DetectorConfig(backbone="tiny") at their top level
-register_backbone("tiny", lambda weights=None: (TINY_VIT, TINY_INFO), embed_dim=48, patch_size=14, depth=4)
+register_backbone("tiny", lambda weights=None: (TINY_VIT, TINY_INFO), embed_dim=48, patch_size=14, depth=4,
+                  default_blocks=(-1, -2))
 
 
 @pytest.fixture(scope="session")

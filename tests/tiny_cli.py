@@ -32,7 +32,7 @@ def _load(weights=None):
 
 def register():
     """Register the tiny ViT as backbone "tiny" (also a Ray ``worker_process_setup_hook``: "tiny_cli.register")."""
-    register_backbone("tiny", _load, embed_dim=48, patch_size=14, depth=4)
+    register_backbone("tiny", _load, embed_dim=48, patch_size=14, depth=4, default_blocks=(-1, -2))
 
 
 register()

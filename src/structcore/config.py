@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backbones import backbone_entry
 from .errors import ConfigError
-from .features import SKIP5, Preprocess
+from .features import Preprocess
 from .maps import POOLINGS
 from .scoring import SCORES
 from .structure import COMPONENTS, DISTANCES
@@ -36,15 +36,17 @@ def _real(x) -> bool:
 class DetectorConfig:
     """Everything that defines a fitted model. Defaults follow the paper (spec.md) except the backbone.
 
-    Every field is checked when the config is built; ``coreset_size`` (an absolute bank size) overrides
-    ``coreset_ratio``. ``calibration`` is the split StructCore's statistics are fitted on;
-    ``threshold_calibration`` how the decision thresholds are (:mod:`structcore.thresholds`).
+    ``blocks=None`` takes the backbone's default for the weights it loads (:meth:`for_weights`; a fitted
+    model stores the blocks it used). Every field is checked when the config is built; ``coreset_size``
+    (an absolute bank size) overrides ``coreset_ratio``. ``calibration`` is the split StructCore's
+    statistics are fitted on; ``threshold_calibration`` how the decision thresholds are
+    (:mod:`structcore.thresholds`).
     """
 
     backbone: str = "dinov2_vits14"
     resize: int = 448
     crop: int = 392
-    blocks: tuple[int, ...] = SKIP5
+    blocks: tuple[int, ...] | None = None
     projection_dim: int | None = 512
     seed: int = 42
     coreset_ratio: float | None = 0.01
@@ -69,6 +71,8 @@ class DetectorConfig:
         set_ = functools.partial(object.__setattr__, self)
         for name in ("blocks", "components"):
             value = getattr(self, name)
+            if value is None and name == "blocks":
+                continue
             _check(hasattr(value, "__iter__") and not isinstance(value, str), f"{name} must be a list, got {value!r}")
             set_(name, tuple(value))
         # numbers are checked to be numbers before any comparison (a TypeError would not name the field)
@@ -85,16 +89,17 @@ class DetectorConfig:
         for name in ("resize", "crop", "projection_dim", "seed", "coreset_size", "k", "routing_prototypes", "threshold_folds"):
             if _int(value := getattr(self, name)):
                 set_(name, int(value))  # numpy integers too, stored as int so the config serialises to JSON
-        if all(_int(b) for b in self.blocks):
+        if self.blocks is not None and all(_int(b) for b in self.blocks):
             set_("blocks", tuple(int(b) for b in self.blocks))
         entry = backbone_entry(self.backbone)
         _check(_int(self.resize), f"resize must be an integer, got {self.resize!r}")
         _check(_int(self.crop), f"crop must be an integer, got {self.crop!r}")
         Preprocess(resize=self.resize, crop=self.crop, patch_size=entry.patch_size)
-        _check(len(self.blocks) > 0 and all(_int(b) for b in self.blocks), "blocks must be a non-empty list of block indices")
-        _check(all(-entry.depth <= b < entry.depth for b in self.blocks),
-               f"blocks {list(self.blocks)} out of range for {self.backbone} ({entry.depth} blocks: -{entry.depth}..{entry.depth - 1})")
-        _check(len({b % entry.depth for b in self.blocks}) == len(self.blocks), f"blocks {list(self.blocks)} name a block twice")
+        if self.blocks is not None:
+            _check(len(self.blocks) > 0 and all(_int(b) for b in self.blocks), "blocks must be a non-empty list of block indices")
+            _check(all(-entry.depth <= b < entry.depth for b in self.blocks),
+                   f"blocks {list(self.blocks)} out of range for {self.backbone} ({entry.depth} blocks: -{entry.depth}..{entry.depth - 1})")
+            _check(len({b % entry.depth for b in self.blocks}) == len(self.blocks), f"blocks {list(self.blocks)} name a block twice")
         _check(self.projection_dim is None or (_int(self.projection_dim) and self.projection_dim >= 1),
                f"projection_dim must be a positive integer or None (no projection), got {self.projection_dim!r}")
         _check(_int(self.seed), f"seed must be an integer, got {self.seed!r}")
@@ -121,6 +126,13 @@ class DetectorConfig:
         _check(_int(self.routing_prototypes) and self.routing_prototypes >= 1,
                f"routing_prototypes must be a positive integer, got {self.routing_prototypes!r}")
         _check(self.decision_score in SCORES, f"decision_score must be one of {SCORES}, got {self.decision_score!r}")
+
+    def for_weights(self, info) -> DetectorConfig:
+        """This config with its blocks named: the backbone's default for the weights ``info`` when ``blocks``
+        is None, else unchanged."""
+        if self.blocks is not None:
+            return self
+        return replace(self, blocks=backbone_entry(self.backbone).blocks_for(info))
 
     @property
     def patch_size(self) -> int:

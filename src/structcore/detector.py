@@ -191,8 +191,9 @@ class Detector:
         self._banks: dict[str, MemoryBank] = {}
 
     # -- features -------------------------------------------------------------------------------
-    def use_backbone(self, backbone: Backbone, info: WeightsInfo):
-        """Use an already built backbone instead of loading ``config.backbone``'s weights on first use."""
+    def use_weights(self, info: WeightsInfo):
+        """Record the weights the model runs on (they must be the ones it was fitted with) and, if its config
+        names no blocks, take those weights' default blocks."""
         if self.weights_info_ is not None and info.sha256 != self.weights_info_.sha256:
             raise WeightsError(
                 f"this model was fitted with {self.config.backbone} weights sha256 {self.weights_info_.sha256}, "
@@ -200,6 +201,13 @@ class Detector:
                 "with --weights"
             )
         self.weights_info_ = info
+        if self.config.blocks is None:
+            self.config = self.config.for_weights(info)
+            self.pipeline = ScoringPipeline(self.config)
+
+    def use_backbone(self, backbone: Backbone, info: WeightsInfo):
+        """Use an already built backbone instead of loading ``config.backbone``'s weights on first use."""
+        self.use_weights(info)
         self._ensure_projection(backbone.embed_dim * len(self.config.blocks))
         self._backbone = backbone
         self._extractors = {}

@@ -272,7 +272,7 @@ def fit_ray(sets: dict[str, list[Path]], out: str | Path, config=None, *, addres
                 raise WeightsError(f"category {name!r} was fitted on a worker with {detector.config.backbone} weights "
                                    f"sha256 {weights.sha256}, the model has {detector.weights_info_.sha256}; give "
                                    "every worker the model's weights file with --weights")
-            detector.weights_info_ = detector.weights_info_ or weights
+            detector.use_weights(weights)
             if detector.projection_ is None:
                 detector.projection_ = projection
             detector.categories_[name] = model

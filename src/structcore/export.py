@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import deployed
 from .backbones import load_backbone
 from .detector import Detector
 from .errors import ConfigError, ModelFileError, WeightsError
 from .files import exclusive, sha256_file
-from .runtime import GridTokens
+from .runtime import FeatureGraph
 from .scoring import SCORES
 from .thresholds import PIXEL
 from .version import __version__
@@ -58,20 +57,6 @@ def requirements(format: str) -> list[str]:
 
     year, release = openvino.get_version().split("-")[0].split(".")[:2]
     return [*REQUIREMENTS["common"], f"openvino>={year}.{release},<{int(year) + 1}"]
-
-
-class FeatureGraph(torch.nn.Module):
-    """Normalised images ``[B, 3, crop, crop]`` -> projected patch features ``[B, P, D]``: the backbone's
-    tokens at a fixed grid (:class:`~structcore.runtime.GridTokens`), then :func:`~structcore.features.fuse_layers`."""
-
-    def __init__(self, backbone: torch.nn.Module, blocks, crop: int, projection: torch.Tensor | None):
-        super().__init__()
-        self.tokens = GridTokens(backbone, blocks, crop)
-        self.projection = None if projection is None else projection.detach().float().clone()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fused = torch.cat([F.normalize(t.float(), dim=-1) for t in self.tokens(images)], dim=-1)
-        return fused if self.projection is None else fused @ self.projection
 
 
 @dataclass

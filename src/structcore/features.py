@@ -90,7 +90,8 @@ class FeatureExtractor:
     """Turns a batch of preprocessed images into projected patch features ``[B, rows*cols, D]``.
 
     ``runtime``: ``torch``, or ``openvino`` (the backbone on OpenVINO's CPU plugin, :mod:`structcore.runtime`;
-    ``weights_id`` names the weights in its graph cache; int8 there needs ``int8_graph(crop) -> graph file``). ``compile=True`` runs the torch backbone through
+    there a call runs fusion and projection inside the graph too; ``weights_id`` names the weights in its
+    graph cache; int8 there needs ``int8_graph(crop) -> graph file``). ``compile=True`` runs the torch backbone through
     ``torch.compile`` (inductor, weights frozen into the graph; a one-off compilation, README "Speed").
     Smaller batches are zero-padded to the first batch's size, so the last batch of a folder does not compile
     again (images never interact inside the ViT).
@@ -128,7 +129,7 @@ class FeatureExtractor:
             from .runtime import OpenVINOTokens
 
             self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, progress,
-                                          int8_graph=int8_graph)
+                                          int8_graph=int8_graph, projection=self.projection)
         else:
             self._tokens = _BlockTokens(self.backbone, self.blocks, precision == "bf16")
         self._compiled = torch.compile(self._tokens, dynamic=False) if compile else None
@@ -155,6 +156,8 @@ class FeatureExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
+            if self.runtime == "openvino":  # one graph: tokens, fusion and projection
+                return self._tokens.features(images)
             return fuse_layers(self.layer_tokens(images), self.projection)
 
 

