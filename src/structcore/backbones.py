@@ -18,8 +18,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .errors import ConfigError
-from .features import SKIP5
-from .vit import CONFIGS
+from .vit import CONFIGS, SKIP5
 from .weights import WeightsInfo, default_blocks
 from .weights import load_backbone as load_dinov2
 

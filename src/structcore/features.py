@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ConfigError
-from .vit import resolve_blocks
+from .vit import SKIP5, resolve_blocks
 
 if TYPE_CHECKING:
     from .backbones import Backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SKIP5 = (-1, -3, -6, -9, -12)
 
 
 @dataclass(frozen=True)

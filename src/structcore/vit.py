@@ -54,6 +54,9 @@ for _size, _cfg in _BASE.items():
     )
 
 
+SKIP5 = (-1, -3, -6, -9, -12)  # the paper's skip5 blocks
+
+
 def resolve_blocks(blocks, depth: int) -> list[int]:
     """Block indices (negative ones count from the end) as positive indices, in the order given."""
     resolved = []

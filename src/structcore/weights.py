@@ -32,9 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .vit import CONFIGS, VisionTransformer, build_vit
+from .vit import CONFIGS, SKIP5, VisionTransformer, build_vit
 from .errors import WeightsError
-from .features import SKIP5
 from .files import atomic_write, sha256_file
 
 META_URL = "https://dl.fbaipublicfiles.com/dinov2"
