@@ -27,6 +27,7 @@ from . import deployed
 from .backbones import load_backbone
 from .detector import Detector
 from .errors import ConfigError, ModelFileError, WeightsError
+from .features import fuse_layers
 from .files import exclusive, sha256_file
 from .runtime import FeatureGraph
 from .scoring import SCORES
@@ -88,7 +89,7 @@ def export_model(model: str | Path | Detector, out: str | Path, format: str = "o
     if fitted is not None and fitted.sha256 != info.sha256:
         raise WeightsError(f"this model was fitted with {cfg.backbone} weights sha256 {fitted.sha256}, but the "
                            f"weights found now ({info.path}) have sha256 {info.sha256}; pass the original file with --weights")
-    graph = FeatureGraph(backbone, cfg.blocks, cfg.crop, detector.projection_).eval()
+    graph = FeatureGraph(backbone, cfg.blocks, cfg.crop, detector.projection_, fuse_layers).eval()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")

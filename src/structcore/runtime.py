@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .features import fuse_layers
 from .files import atomic_write_json
 from .weights import cache_dir
 
@@ -81,15 +80,17 @@ class GridTokens(torch.nn.Module):
 
 class FeatureGraph(torch.nn.Module):
     """Normalised images ``[B, 3, crop, crop]`` -> projected patch features ``[B, P, D]``: :class:`GridTokens`,
-    then :func:`~structcore.features.fuse_layers`, as one traceable module."""
+    then ``fuse(tokens, projection)`` (:func:`~structcore.features.fuse_layers`), as one traceable module."""
 
-    def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], crop: int, projection: torch.Tensor | None):
+    def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], crop: int, projection: torch.Tensor | None,
+                 fuse: Callable):
         super().__init__()
         self.tokens = GridTokens(backbone, blocks, crop)
         self.projection = None if projection is None else projection.detach().float().clone()
+        self.fuse = fuse
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return fuse_layers(list(self.tokens(images)), self.projection)
+        return self.fuse(list(self.tokens(images)), self.projection)
 
 
 def graph_key(weights_id: str, crop: int, blocks: Sequence[int], graph: str, paths: Sequence[str] = (),
@@ -175,16 +176,16 @@ def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict,
 
 class OpenVINOTokens:
     """Callable ``images [B, 3, H, W] -> [tokens of each block]`` running the backbone on OpenVINO's CPU plugin;
-    :meth:`features` gives the fused, projected features from one graph instead.
+    :meth:`features` gives ``fuse(tokens, projection)`` from one graph instead (fp32 and bf16).
 
     A graph for a crop is converted (or read from the cache) and compiled on the first batch of that size.
     ``precision``: fp32, bf16 (the fp32 graph with OpenVINO's bf16 inference hint) or int8 (a graph
-    quantised by :func:`quantise`, passed as ``int8_graph``; its tokens are fused in torch).
+    quantised by :func:`quantise`, passed as ``int8_graph``; tokens only).
     """
 
     def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], precision: str, weights_id: str,
                  progress: bool = True, int8_graph: Callable[[int], Path] | None = None,
-                 projection: torch.Tensor | None = None):
+                 projection: torch.Tensor | None = None, fuse: Callable | None = None):
         if precision not in OPENVINO_HINTS:
             raise ConfigError(f"the openvino runtime runs fp32, bf16 or int8, not {precision!r}")
         if precision == "int8" and int8_graph is None:
@@ -192,7 +193,7 @@ class OpenVINOTokens:
         self.backbone, self.blocks, self.precision = backbone, tuple(blocks), precision
         self.weights_id, self.progress = weights_id, progress
         self.int8_graph = int8_graph
-        self.projection = projection
+        self.projection, self.fuse = projection, fuse
         self._compiled: dict[tuple[int, bool], object] = {}
 
     def graph(self, crop: int) -> Path:
@@ -206,8 +207,10 @@ class OpenVINOTokens:
     def fused_graph(self, crop: int) -> Path:
         """The fp32 graph file of :class:`FeatureGraph` (tokens, fusion, projection) for ``crop``."""
         key = graph_key(self.weights_id, crop, self.blocks, "fp32-fused", projection=self.projection)
-        return cached_graph(key, lambda: convert(FeatureGraph(self.backbone, self.blocks, crop, self.projection), crop),
-                            self.progress)
+        def build():
+            return convert(FeatureGraph(self.backbone, self.blocks, crop, self.projection, self.fuse), crop)
+
+        return cached_graph(key, build, self.progress)
 
     def compiled(self, crop: int, fused: bool = False):
         if (crop, fused) not in self._compiled:
@@ -226,9 +229,9 @@ class OpenVINOTokens:
         return [torch.from_numpy(np.asarray(outputs[i])) for i in range(len(self.blocks))]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected patch features ``[B, P, D]`` (fp32 and bf16; int8 fuses its tokens in torch)."""
-        if self.precision == "int8":
-            return fuse_layers(self(images), self.projection)
+        """Projected patch features ``[B, P, D]`` from the fused graph (fp32 and bf16)."""
+        if self.precision == "int8" or self.fuse is None:
+            raise ConfigError("the fused graph runs fp32 or bf16, and needs the fuse function")
         return torch.from_numpy(np.asarray(self._run(images, fused=True)[0]))
 
 
