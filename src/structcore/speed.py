@@ -242,6 +242,7 @@ def test_job(spec: dict) -> dict:
         "weights": label,
         "runtime": det.runtime,
         "precision": precision,
+        "blocks": list(cfg.blocks),
         "compiled": det.compile,
         "device": str(device),
         "coreset_ratio": spec["ratio"],
@@ -393,7 +394,7 @@ def run_speed(
         "settings": {
             "images": len(test), "train_images": len(train), "runs": runs, "batch_size": batch_size,
             "workers": workers, "threads": threads or torch.get_num_threads(), "isolated_processes": isolate,
-            "crop": base["crop"], "resize": base["resize"], "blocks": list(base["blocks"]),
+            "crop": base["crop"], "resize": base["resize"], "blocks": None if base["blocks"] is None else list(base["blocks"]),  # None: each weights' default
             "projection_dim": base["projection_dim"], "k": base["k"], "sigma": base["sigma"],
         },
         "matmul_tflops": {k: round(statistics.median(v), 4) for k, v in rates.items()},
