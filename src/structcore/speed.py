@@ -446,7 +446,7 @@ def markdown(result: dict) -> str:
         "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
         "Pipeline img/s also counts the time spent waiting for decoded images (decode wait, as a share of the "
         "loop: under 5% means compute-bound). Extract, no decoding = the same batches already decoded. "
-        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate, with the best "
+        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate (OpenVINO fp32/bf16: the rate of its precision, the projection runs in its graph), with the best "
         "of the rates measured in the same process before the first and after every timed pass.",
         "",
         Table("Per test image", header, rows).to_markdown(),
