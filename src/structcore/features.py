@@ -127,8 +127,8 @@ class FeatureExtractor:
         if runtime == "openvino":
             from .runtime import OpenVINOTokens
 
-            self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, progress,
-                                          int8_graph=int8_graph, projection=self.projection, fuse=fuse_layers)
+            self._tokens = OpenVINOTokens(self.backbone, self.blocks, precision, weights_id, self.projection,
+                                          fuse_layers, progress, int8_graph=int8_graph)
         else:
             self._tokens = _BlockTokens(self.backbone, self.blocks, precision == "bf16")
         self._compiled = torch.compile(self._tokens, dynamic=False) if compile else None
@@ -155,7 +155,7 @@ class FeatureExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self.runtime == "openvino" and self.precision != "int8":  # one graph: tokens, fusion, projection
+            if self.runtime == "openvino":
                 return self._tokens.features(images)
             return fuse_layers(self.layer_tokens(images), self.projection)
 

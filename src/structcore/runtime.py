@@ -176,16 +176,16 @@ def quantise(fp32_xml: str | Path, calibration: Sequence[np.ndarray], key: dict,
 
 class OpenVINOTokens:
     """Callable ``images [B, 3, H, W] -> [tokens of each block]`` running the backbone on OpenVINO's CPU plugin;
-    :meth:`features` gives ``fuse(tokens, projection)`` from one graph instead (fp32 and bf16).
+    :meth:`features` gives ``fuse(tokens, projection)``, from one graph in fp32 and bf16.
 
     A graph for a crop is converted (or read from the cache) and compiled on the first batch of that size.
-    ``precision``: fp32, bf16 (the fp32 graph with OpenVINO's bf16 inference hint) or int8 (a graph
-    quantised by :func:`quantise`, passed as ``int8_graph``; tokens only).
+    ``precision``: fp32, bf16 (the fp32 graph with OpenVINO's bf16 inference hint) or int8 (a tokens graph
+    quantised by :func:`quantise`, passed as ``int8_graph``; its tokens are fused in torch).
     """
 
     def __init__(self, backbone: torch.nn.Module, blocks: Sequence[int], precision: str, weights_id: str,
-                 progress: bool = True, int8_graph: Callable[[int], Path] | None = None,
-                 projection: torch.Tensor | None = None, fuse: Callable | None = None):
+                 projection: torch.Tensor | None, fuse: Callable, progress: bool = True,
+                 int8_graph: Callable[[int], Path] | None = None):
         if precision not in OPENVINO_HINTS:
             raise ConfigError(f"the openvino runtime runs fp32, bf16 or int8, not {precision!r}")
         if precision == "int8" and int8_graph is None:
@@ -229,9 +229,9 @@ class OpenVINOTokens:
         return [torch.from_numpy(np.asarray(outputs[i])) for i in range(len(self.blocks))]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected patch features ``[B, P, D]`` from the fused graph (fp32 and bf16)."""
-        if self.precision == "int8" or self.fuse is None:
-            raise ConfigError("the fused graph runs fp32 or bf16, and needs the fuse function")
+        """Projected patch features ``[B, P, D]``."""
+        if self.precision == "int8":
+            return self.fuse(self(images), self.projection)
         return torch.from_numpy(np.asarray(self._run(images, fused=True)[0]))
 
 

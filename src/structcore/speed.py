@@ -394,7 +394,8 @@ def run_speed(
         "settings": {
             "images": len(test), "train_images": len(train), "runs": runs, "batch_size": batch_size,
             "workers": workers, "threads": threads or torch.get_num_threads(), "isolated_processes": isolate,
-            "crop": base["crop"], "resize": base["resize"], "blocks": None if base["blocks"] is None else list(base["blocks"]),  # None: each weights' default
+            "crop": base["crop"], "resize": base["resize"],
+            "blocks": None if base["blocks"] is None else list(base["blocks"]),  # None: each weights' default
             "projection_dim": base["projection_dim"], "k": base["k"], "sigma": base["sigma"],
         },
         "matmul_tflops": {k: round(statistics.median(v), 4) for k, v in rates.items()},
@@ -446,8 +447,9 @@ def markdown(result: dict) -> str:
         "background threads; kNN = memory-bank search; post = upsampling, blur and StructCore; total = their sum. "
         "Pipeline img/s also counts the time spent waiting for decoded images (decode wait, as a share of the "
         "loop: under 5% means compute-bound). Extract, no decoding = the same batches already decoded. "
-        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate (OpenVINO fp32/bf16: the rate of its precision, the projection runs in its graph), with the best "
-        "of the rates measured in the same process before the first and after every timed pass.",
+        "Floor = backbone GFLOP / matmul rate of its precision + projection GFLOP / fp32 rate (OpenVINO fp32 "
+        "and bf16: the rate of its precision, as the projection runs in its graph), with the best of the rates "
+        "measured in the same process before the first and after every timed pass.",
         "",
         Table("Per test image", header, rows).to_markdown(),
         Table(f"Fit ({result['fit'][0]['train_images'] if result['fit'] else 0} train images)",
