@@ -28,8 +28,8 @@ def main():
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = DetectorConfig()
-    model, info = load_backbone(cfg.backbone)
+    model, info = load_backbone(DetectorConfig().backbone)
+    cfg = DetectorConfig().for_weights(info)
     cache = FeatureCache(default_folder())
     for cat in load_mvtec(Path(a.data), a.categories):
         for prec in a.precisions:

@@ -33,6 +33,9 @@ def test_leave_one_image_out(backend):
     expected = brute(queries, bank[source != 3], 4).mean(1)
     assert torch.allclose(loo.double(), expected, rtol=1e-4, atol=1e-4)
     assert (loo > mb.patch_scores(queries, 4) + 1e-3).all()
+    with_own, without_own = mb.patch_scores_with_and_without(queries, 4, 3)
+    assert torch.allclose(with_own.double(), brute(queries, bank, 4).mean(1), rtol=1e-4, atol=1e-4)
+    assert torch.equal(without_own, loo)
 
 
 def test_backends_agree_and_errors():

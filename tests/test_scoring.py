@@ -45,6 +45,21 @@ def test_chunking_changes_nothing_and_the_hook_sees_both_stages(data):
         assert np.array_equal(getattr(whole, field), getattr(parts, field)), field
 
 
+def test_one_search_gives_the_in_sample_and_the_leave_one_out_scores(data):
+    bank, _ = data
+    own = np.arange(6)
+    # each image's 16 patches sit next to its own bank entries (10 of them, six used twice)
+    feats = torch.stack([bank.entries[bank.source_image == i][torch.arange(16) % 10] + 0.01 for i in own])
+    pipeline = ScoringPipeline(CFG)
+    in_sample, left_out = pipeline.run_in_sample_and_left_out(bank, feats, own)
+    alone_in = pipeline.run(bank, feats, keep_maps=False)
+    alone_out = pipeline.run(bank, feats, exclude_images=own, keep_maps=False)
+    for both, alone in ((in_sample, alone_in), (left_out, alone_out)):
+        np.testing.assert_allclose(both.grids.numpy(), alone.grids.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(both.phi_map, alone.phi_map, rtol=1e-5)
+    assert (left_out.grids > in_sample.grids + 0.1).all()  # without its own entries every patch loses its nearest
+
+
 @pytest.mark.parametrize("components, on", [(COMPONENTS, "map"), (("tv", "std"), "map"), (COMPONENTS, "grid")])
 def test_calibration_is_exactly_structcalibration_on_the_maps(data, components, on):
     bank, feats = data

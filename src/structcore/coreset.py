@@ -9,7 +9,10 @@ minutes. For large N the *screened* loop makes the same selections several times
 
 1. One low-precision matrix product (bf16 where the CPU has bf16 matrix instructions, else fp32) gives approximate dot products of every
    point with the ``_BATCH`` points of largest running distance, the likely next centers.
-2. While the exact argmax is one of those, it is selected, and only the points whose approximate
+2. The points no center of the batch can come near (by the same bound, with slack only growing
+   during the batch) are set aside: for the rest of the batch only the *live* points are scanned, and
+   the largest running distance among the others is a constant.
+3. While the exact argmax is one of those, it is selected, and only the points whose approximate
    distance to it is within a rounding bound of their running minimum get their distance recomputed,
    with the plain loop's fp32 expression. Every other point provably keeps its running minimum.
 
@@ -96,16 +99,16 @@ def _screened_loop(proxy, sq_norms, min_dist, n_select, bar) -> torch.Tensor:
     n, dim = proxy.shape
     low = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
     err = _ERR[low]
-    proxy_low_t = proxy.to(low).T.contiguous()
+    # a center c's row of the product is  dot~(p, c) - sq_c (1 - err) / 2  (the last two input rows: 1, 0)
+    columns = torch.zeros(dim + 2, n, dtype=low)
+    columns[:dim] = proxy.T
+    columns[dim] = 1
     dist = min_dist.numpy()  # shares memory with min_dist, so topk sees every update
     sq = sq_norms.numpy()
     # recompute j for center c when  sq_j - 2 dot~ + sq_c <= dist_j + err (sq_j + sq_c),
-    # i.e. when  dot~ >= slack_j + sq_c (1 - err) / 2  with  slack_j = (sq_j (1 - err) - dist_j) / 2
+    # i.e. when  dot~ - sq_c (1 - err) / 2 >= slack_j  with  slack_j = (sq_j (1 - err) - dist_j) / 2
     sq_shrunk = sq * (1 - err)
-    slack_np = (sq_shrunk - dist) / 2
-    slack = torch.from_numpy(slack_np)  # the same memory, for the torch comparison below
-    bound = torch.empty(n)
-    near = torch.empty(n, dtype=torch.bool)
+    slack = (sq_shrunk - dist) / 2
     gathered = torch.zeros(n + _ALIGN, dim)
     row_in_batch = np.full(n, -1, np.int64)
     selected = np.empty(n_select, np.int64)
@@ -114,25 +117,59 @@ def _screened_loop(proxy, sq_norms, min_dist, n_select, bar) -> torch.Tensor:
         batch = torch.topk(min_dist, min(_BATCH, n)).indices
         if not bool((batch == i).any()):
             batch[-1] = i
-        dots_low = proxy[batch].to(low) @ proxy_low_t  # [B, N]
-        row_in_batch[batch.numpy()] = np.arange(len(batch))
+        batch_np = batch.numpy()
+        centers = torch.zeros(len(batch_np), dim + 2, dtype=low)
+        centers[:, :dim] = proxy[batch]
+        centers[:, dim] = torch.from_numpy(-sq_shrunk[batch_np] / 2)
+        live, product = _live_points(centers, columns, slack, batch_np)
+        row_in_batch[batch_np] = np.arange(len(batch_np))
+        # the batch only ever touches live points; the rest keep their distances (and their maximum)
+        outside = dist.copy()
+        outside[live] = -np.inf
+        out_i = int(np.argmax(outside))
+        out_max = outside[out_i]
+        dist_live, slack_live = dist[live], slack[live]
+        slack_live_t = torch.from_numpy(slack_live)
+        near = torch.empty(len(live), dtype=torch.bool)
         while t < n_select and row_in_batch[i] >= 0:
             selected[t] = i
             t += 1
-            torch.add(slack, float(sq_shrunk[i] / 2), out=bound)
-            torch.ge(dots_low[row_in_batch[i]], bound, out=near)
-            idx_np = np.flatnonzero(near.numpy())
+            torch.ge(product[row_in_batch[i]], slack_live_t, out=near)
+            loc = np.flatnonzero(near.numpy())
+            idx_np = live[loc]
             idx = torch.from_numpy(idx_np)
             k = len(idx_np)
             torch.index_select(proxy, 0, idx, out=gathered[:k])
             dots = (gathered[: -(-k // _ALIGN) * _ALIGN] @ proxy[i])[:k]
             d = (sq_norms[idx] - 2 * dots + sq_norms[i]).clamp_min_(0).numpy()
-            np.minimum(dist[idx_np], d, out=d)
-            dist[idx_np] = d
-            dist[i] = 0.0
-            slack_np[idx_np] = (sq_shrunk[idx_np] - d) / 2
-            slack_np[i] = sq_shrunk[i] / 2
-            i = int(np.argmax(dist))
+            np.minimum(dist_live[loc], d, out=d)
+            dist_live[loc] = d
+            slack_live[loc] = (sq_shrunk[idx_np] - d) / 2
+            at = np.searchsorted(live, i)
+            dist_live[at] = 0.0
+            slack_live[at] = sq_shrunk[i] / 2
+            best = int(np.argmax(dist_live))  # the first maximum, like np.argmax over all points
+            best_max, best_i = dist_live[best], int(live[best])
+            i = best_i if best_max > out_max or (best_max == out_max and best_i < out_i) else out_i
             bar.update()
-        row_in_batch[batch.numpy()] = -1
+        dist[live] = dist_live
+        slack[live] = slack_live
+        row_in_batch[batch_np] = -1
     return torch.from_numpy(selected)
+
+
+def _live_points(centers, columns, slack, batch, chunk: int = 4096) -> tuple[np.ndarray, torch.Tensor]:
+    """The points some center of the batch may come near (slack only grows during the batch) and the
+    batch itself, sorted, and their columns of the low-precision product ``centers @ columns``."""
+    slack_t = torch.from_numpy(slack)
+    live, parts = [], []
+    for s in range(0, columns.shape[1], chunk):
+        part = centers @ columns[:, s : s + chunk]
+        hit = torch.nonzero(torch.amax(part, 0) >= slack_t[s : s + chunk]).flatten()
+        live.append(hit.numpy() + s)
+        parts.append(part[:, hit])
+    live = np.concatenate(live)
+    if not np.isin(batch, live).all():  # a center always comes near itself, but never rely on rounding
+        live = np.union1d(live, batch)
+        return live, centers @ columns[:, torch.from_numpy(live)]
+    return live, torch.cat(parts, 1)

@@ -311,13 +311,13 @@ class Detector:
         started = time.perf_counter()
         bank = self._build_bank(features, bank_ids)
         coreset_s = time.perf_counter() - started
-        exclude = calib_ids if cfg.calibration == "leave-one-out" else None
         stages: dict[str, float] = {}
         pipeline = ScoringPipeline(cfg, on_stage=stages.__setitem__)
-        scored = pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False)
+        scored, left_out = self._score_train_images(pipeline, bank, features, calib_ids)
         calibration, record = pipeline.calibrate(scored, calib_ids)
         started = time.perf_counter()
-        thresholds = self.calibrate_thresholds(features, bank, calibration, cfg.threshold_calibration, scored, calib_ids)
+        thresholds = self.calibrate_thresholds(features, bank, calibration, cfg.threshold_calibration, scored, calib_ids,
+                                               left_out=left_out)
         self.fit_timings_[category] = {"coreset_s": coreset_s, "calibration_knn_s": stages["knn"],
                                        "threshold_calibration_s": time.perf_counter() - started}
         for note in [*calibration.warnings, *thresholds.warnings()]:
@@ -336,6 +336,18 @@ class Detector:
         self._banks[category] = bank
         return model
 
+    def _score_train_images(self, pipeline: ScoringPipeline, bank: MemoryBank, features: torch.Tensor, calib_ids):
+        """The calibration images scored for StructCore's statistics and, when the same search gives them
+        (in-sample statistics, leave-one-out thresholds), scored leave-one-out too (else None)."""
+        cfg = self.config
+        if cfg.calibration == "in-sample" and cfg.threshold_calibration == "leave-one-out":
+            try:
+                return pipeline.run_in_sample_and_left_out(bank, features, calib_ids)
+            except ConfigError:  # too few entries besides an image's own: calibrate_thresholds notes the fallback
+                pass
+        exclude = calib_ids if cfg.calibration == "leave-one-out" else None
+        return pipeline.run(bank, features[calib_ids], exclude_images=exclude, keep_maps=False), None
+
     def _build_bank(self, features: torch.Tensor, ids: np.ndarray) -> MemoryBank:
         """The coreset memory bank of the images ``ids`` of ``features`` (each entry knows its image)."""
         cfg = self.config
@@ -347,11 +359,11 @@ class Detector:
 
     def calibrate_thresholds(self, features: torch.Tensor, bank: MemoryBank, calibration: StructCalibration,
                              method: str, scored: ScoredImages | None = None, scored_ids=None,
-                             false_reject_rate: float | None = None) -> Thresholds:
+                             false_reject_rate: float | None = None, left_out: ScoredImages | None = None) -> Thresholds:
         """Thresholds from the train-good ``features`` scored the ``method`` way (see
         :mod:`structcore.thresholds`) under ``calibration``. ``scored``: the images ``scored_ids`` as
         StructCore's calibration scored them; "in-sample" thresholds are theirs, and they are reused
-        where they are what ``method`` asks for."""
+        where they are what ``method`` asks for. ``left_out``: all of them already scored leave-one-out."""
         cfg, n = self.config, len(features)
         everything = np.arange(n)
         reuse = scored is not None and (method == "in-sample" or (
@@ -361,7 +373,8 @@ class Detector:
             if reuse:
                 result = scored
             elif method == "leave-one-out":
-                result = self.pipeline.run(bank, features, exclude_images=everything, keep_maps=False)
+                result = left_out if left_out is not None else self.pipeline.run(bank, features, exclude_images=everything,
+                                                                                  keep_maps=False)
             elif method == "k-fold":
                 result = self._k_fold_scores(features)
         except ConfigError as e:  # too few bank entries left without an image's own (tiny categories)

@@ -86,14 +86,19 @@ class MemoryBank:
         """
         if exclude_image is None:
             return self.search(queries, k)[0].mean(1)
-        own = int((self.source_image == exclude_image).sum())
+        return self.patch_scores_with_and_without(queries, k, exclude_image)[1]
+
+    def patch_scores_with_and_without(self, queries: torch.Tensor, k: int, image: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One search, two scores ``[Q]`` of queries from training image ``image``: against the whole
+        bank, and without that image's own entries (leave-one-image-out)."""
+        own = int((self.source_image == image).sum())
         if len(self) - own < k:
             raise ConfigError(
                 f"leave-one-image-out needs at least {k} bank entries from other images; lower --k or keep more patches"
             )
         d, i = self.search(queries, k + own)
-        keep = self.source_image[i] != exclude_image
+        keep = self.source_image[i] != image
         # stable: the first k kept neighbours of each row, still in ascending order
         rank = torch.cumsum(keep.int(), dim=1)
         chosen = keep & (rank <= k)
-        return (d * chosen).sum(1) / k
+        return d[:, :k].mean(1), (d * chosen).sum(1) / k

@@ -79,6 +79,13 @@ class ScoringPipeline:
         grids = [bank.patch_scores(f, k, exclude_image=int(i)) for f, i in zip(features, exclude_images)]
         return torch.stack(grids).reshape(len(features), rows, cols)
 
+    def grids_with_and_without_own(self, bank: MemoryBank, features: torch.Tensor, own_images) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both grids of train images from one kNN search: in-sample, and without image i's own bank
+        entries ``own_images[i]`` (leave-one-out)."""
+        rows, cols = self.config.grid
+        pairs = [bank.patch_scores_with_and_without(f, self.config.k, int(i)) for f, i in zip(features, own_images)]
+        return tuple(torch.stack([p[j] for p in pairs]).reshape(len(features), rows, cols) for j in (0, 1))
+
     def maps(self, grids: torch.Tensor) -> np.ndarray:
         """Final anomaly maps ``[B, crop, crop]`` of kNN grids (upsampled, blurred)."""
         crop = self.config.crop
@@ -96,9 +103,22 @@ class ScoringPipeline:
     ) -> ScoredImages:
         """Grids of all ``features`` at once, then maps, base scores, descriptors (and the three scores when
         a calibration is given) ``chunk`` images at a time."""
-        cfg = self.config
         with self._stage("knn"):
             grids = self.grids(bank, features, exclude_images)
+        return self.finish(grids, calibration, keep_maps=keep_maps, chunk=chunk)
+
+    def run_in_sample_and_left_out(self, bank: MemoryBank, features: torch.Tensor, own_images,
+                                   keep_maps: bool = False) -> tuple[ScoredImages, ScoredImages]:
+        """Train images scored in-sample and leave-one-out (``own_images``: as in :meth:`grids_with_and_without_own`),
+        for the price of one kNN search."""
+        with self._stage("knn"):
+            grids = self.grids_with_and_without_own(bank, features, own_images)
+        return tuple(self.finish(g, keep_maps=keep_maps) for g in grids)
+
+    def finish(self, grids: torch.Tensor, calibration: StructCalibration | None = None, *, keep_maps: bool = True,
+               chunk: int = 64) -> ScoredImages:
+        """Maps, base scores, descriptors (and scores, given a calibration) of kNN grids, ``chunk`` images at a time."""
+        cfg = self.config
         with self._stage("post"):
             parts = [self._post(grids[s : s + chunk], keep_maps) for s in range(0, len(grids), chunk)]
             base, peak, phi_map = (np.concatenate([p[i] for p in parts]) for i in range(3))

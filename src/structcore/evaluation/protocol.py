@@ -278,8 +278,7 @@ def fit_category(setup: Setup, cat: Category) -> FittedCategory:
             ref = fit_new("in-sample") if cfg.calibration == "held-out" else primary
             bank = ref.memory_bank(cat.name)
             fitted.reference = ref
-            fitted.in_sample = ref.pipeline.run(bank, feats, keep_maps=False)
-            fitted.leave_one_out = ref.pipeline.run(bank, feats, exclude_images=np.arange(len(feats)), keep_maps=False)
+            fitted.in_sample, fitted.leave_one_out = ref.pipeline.run_in_sample_and_left_out(bank, feats, np.arange(len(feats)))
             fitted.held_out = primary if cfg.calibration == "held-out" else fit_new("held-out")
     return fitted
 
