@@ -7,17 +7,19 @@ point farthest from everything chosen so far. Memory is O(N): never an N x N mat
 The plain loop streams all N proxy rows once per selection, so a 10% bank of a large category costs
 minutes. For large N the *screened* loop makes the same selections several times faster:
 
-1. One low-precision matrix product (bf16 where the CPU has bf16 matrix instructions, else fp32) gives approximate dot products of every
-   point with the ``_BATCH`` points of largest running distance, the likely next centers.
-2. The points no center of the batch can come near (by the same bound, with slack only growing
-   during the batch) are set aside: for the rest of the batch only the *live* points are scanned, and
-   the largest running distance among the others is a constant.
-3. While the exact argmax is one of those, it is selected, and only the points whose approximate
-   distance to it is within a rounding bound of their running minimum get their distance recomputed,
-   with the plain loop's fp32 expression. Every other point provably keeps its running minimum.
+1. One low-precision matrix product (bf16 where the CPU has bf16 matrix instructions, else fp32), in
+   chunks of points, gives ``dot~(p, c) - |c|^2 (1 - err) / 2`` for every point p and each of the
+   ``_BATCH`` points c of largest running distance, the likely next centers (the norm rides along as
+   an extra input column).
+2. A point is *live* when that value reaches its slack for some center of the batch; the rest provably
+   keep their running minimum for the whole batch (slack only grows), so only the live points' columns
+   are kept and scanned, and the largest running distance among the others is a constant.
+3. While the exact argmax is one of the batch, it is selected, and only the live points whose value for
+   it reaches their slack get their distance recomputed, with the plain loop's fp32 expression.
 
-The rounding bound: bf16 inputs and output give ``|d~ - d| <= 0.012 (|p|^2 + |c|^2)`` (unit roundoff
-2^-8, Cauchy-Schwarz); points with ``d~ <= min_dist + 0.03 (|p|^2 + |c|^2)`` are recomputed.
+The rounding bound: bf16 inputs (the norm column included) and output give an error of at most
+``0.005 (|p|^2 + |c|^2)`` in the dot product (unit roundoff 2^-8, Cauchy-Schwarz); the slack allows
+``0.015 (|p|^2 + |c|^2)``, i.e. points with ``d~ <= min_dist + 0.03 (|p|^2 + |c|^2)`` are recomputed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from .features import cpu_has_bf16_matmul, random_projection
 
 _SCREEN_MIN_N = 4096  # below this the plain loop is already fast
-_BATCH = 64  # candidate centers screened per low-precision product
+_BATCH = 128  # candidate centers screened per low-precision product
 _ALIGN = 16  # gathered rows are padded to a multiple of this, so MKL reduces them like the full product
 _ERR = {torch.bfloat16: 0.03, torch.float32: 1e-4}
 
