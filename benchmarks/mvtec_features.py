@@ -28,8 +28,9 @@ def main():
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, info = load_backbone(DetectorConfig().backbone)
-    cfg = DetectorConfig().for_weights(info)
+    cfg = DetectorConfig()
+    model, info = load_backbone(cfg.backbone)
+    cfg = cfg.for_weights(info)
     cache = FeatureCache(default_folder())
     for cat in load_mvtec(Path(a.data), a.categories):
         for prec in a.precisions:

@@ -71,13 +71,10 @@ class ScoringPipeline:
 
     def grids(self, bank: MemoryBank, features: torch.Tensor, exclude_images=None) -> torch.Tensor:
         """kNN patch-score grids ``[B, rows, cols]``; ``exclude_images[i]`` is image i's own bank id."""
-        rows, cols = self.config.grid
-        k = self.config.k
-        if exclude_images is None:
-            scores = bank.patch_scores(features.reshape(-1, features.shape[-1]), k)
-            return scores.reshape(len(features), rows, cols)
-        grids = [bank.patch_scores(f, k, exclude_image=int(i)) for f, i in zip(features, exclude_images)]
-        return torch.stack(grids).reshape(len(features), rows, cols)
+        if exclude_images is not None:
+            return self.grids_with_and_without_own(bank, features, exclude_images)[1]
+        scores = bank.patch_scores(features.reshape(-1, features.shape[-1]), self.config.k)
+        return scores.reshape(len(features), *self.config.grid)
 
     def grids_with_and_without_own(self, bank: MemoryBank, features: torch.Tensor, own_images) -> tuple[torch.Tensor, torch.Tensor]:
         """Both grids of train images from one kNN search: in-sample, and without image i's own bank
